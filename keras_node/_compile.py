@@ -1,0 +1,53 @@
+"""Run eager calls through a cached, compiled `tf.function`.
+
+An eager `tf.while_loop` executes op by op from Python, hundreds of times
+slower than the traced loop. So an eager call of a public solver runs its
+core through a `tf.function` built once per (func, static settings) and
+reused; TensorFlow's own cache then keys on tensor shapes and dtypes, so
+repeated calls with the same shapes never retrace.
+
+The cache holds functions weakly by the user's `func` (for bound methods, by
+the object they are bound to), so it never keeps a model alive. Values a
+Python closure captures are part of the key, so a new closure over new
+tensors gets a new trace instead of stale constants.
+"""
+
+import weakref
+
+import tensorflow as tf
+
+_CACHE = weakref.WeakKeyDictionary()
+
+
+def _owner_and_key(func):
+    bound_to = getattr(func, "__self__", None)
+    if bound_to is not None and hasattr(func, "__func__"):
+        return bound_to, ("method", func.__func__)
+    closure = getattr(func, "__closure__", None) or ()
+    captured = []
+    for cell in closure:
+        try:
+            captured.append(id(cell.cell_contents))
+        except ValueError:  # an empty cell
+            captured.append(None)
+    return func, ("function", tuple(captured))
+
+
+def cached_function(func, static_key, build):
+    """Return the compiled function for `(func, static_key)`.
+
+    `build()` returns the Python function to compile; it is called only on a
+    cache miss. Falls back to compiling without caching when `func` cannot
+    be weakly referenced.
+    """
+    owner, func_key = _owner_and_key(func)
+    key = (func_key, static_key)
+    try:
+        per_owner = _CACHE.setdefault(owner, {})
+    except TypeError:  # not weak-referenceable
+        return tf.function(build(), autograph=False)
+    compiled = per_owner.get(key)
+    if compiled is None:
+        compiled = tf.function(build(), autograph=False)
+        per_owner[key] = compiled
+    return compiled

@@ -1,0 +1,36 @@
+"""Method names -> tableaus: the one place a method name is resolved."""
+
+from keras_node.solvers.dopri8 import DOPRI8
+from keras_node.solvers.methods import (
+    BOSH3,
+    DOPRI5,
+    EULER,
+    HEUN_EULER,
+    MIDPOINT,
+    RK4,
+    TSIT5,
+)
+
+_TABLEAUS = {
+    tableau.name: tableau
+    for tableau in (DOPRI5, TSIT5, BOSH3, HEUN_EULER, DOPRI8, EULER, MIDPOINT, RK4)
+}
+
+METHODS = tuple(_TABLEAUS)
+"""Names of every available method; adaptive ones first, `"dopri5"` default."""
+
+ADAPTIVE_METHODS = tuple(name for name, tab in _TABLEAUS.items() if tab.adaptive)
+FIXED_STEP_METHODS = tuple(name for name, tab in _TABLEAUS.items() if not tab.adaptive)
+
+
+def get_tableau(method, argument_name="method"):
+    """Return the `ButcherTableau` named `method`, or raise a ValueError
+    listing the valid names."""
+    if not isinstance(method, str) or method not in _TABLEAUS:
+        raise ValueError(
+            f"Unknown ODE solver {argument_name}. Expected one of "
+            f"{', '.join(repr(m) for m in METHODS)} "
+            f"(adaptive: {', '.join(ADAPTIVE_METHODS)}; fixed-step: "
+            f"{', '.join(FIXED_STEP_METHODS)}). Received: {argument_name}={method!r}"
+        )
+    return _TABLEAUS[method]
