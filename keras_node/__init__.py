@@ -13,9 +13,18 @@ if _keras.backend.backend() != "tensorflow":
         "KERAS_BACKEND=tensorflow before importing keras (or edit ~/.keras/keras.json)."
     )
 
+from keras_node.adjoint import DEFAULT_CHECKPOINTS as DEFAULT_CHECKPOINTS  # noqa: E402
+from keras_node.adjoint import AdjointStats as AdjointStats  # noqa: E402
+from keras_node.adjoint import odeint_adjoint as odeint_adjoint  # noqa: E402
 from keras_node.odeint import odeint as odeint  # noqa: E402
 from keras_node.solvers.registry import METHODS as METHODS  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["METHODS", "odeint"]
+__all__ = [
+    "AdjointStats",
+    "DEFAULT_CHECKPOINTS",
+    "METHODS",
+    "odeint",
+    "odeint_adjoint",
+]

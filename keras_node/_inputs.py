@@ -199,11 +199,10 @@ def normalized_func(func, state, direction):
 
     The wrapper takes `(tau, leaves)` where `tau = direction * t` is the
     increasing solver time, calls `func(t, y)` with the user's structure, and
-    checks (once, while tracing) that the result has y's structure, shapes
-    and dtype, naming both when it does not.
+    checks (once, while tracing) that the result has the structure, shapes
+    and dtype of the `y` it was given, naming both when it does not.
     """
     structure = state.structure
-    specs = [tf.TensorSpec(leaf.shape, leaf.dtype) for leaf in state.leaves]
 
     def wrapped(tau, leaves):
         t = tau if is_plus_one(direction) else tau * direction
@@ -217,7 +216,7 @@ def normalized_func(func, state, direction):
                 f"received: {_short(result)}"
             ) from None
         out = []
-        for got, want in zip(tf.nest.flatten(result), specs):
+        for got, want in zip(tf.nest.flatten(result), leaves):
             got = tf.convert_to_tensor(got)
             if got.dtype != want.dtype:
                 raise ValueError(

@@ -60,13 +60,13 @@ def odeint(
     >>> float(ys[-1, 0])  # exp(-1)
     0.3678...
     """
-    problem = _Problem(func, y0, t, method, rtol, atol, first_step, step_size, max_num_steps)
+    problem = Problem(func, y0, t, method, rtol, atol, first_step, step_size, max_num_steps)
     leaves, stats = problem.run()
     ys = problem.pack(leaves)
     return (ys, stats) if return_stats else ys
 
 
-class _Problem:
+class Problem:
     """Validated arguments of one `odeint` call and how to run its core."""
 
     def __init__(self, func, y0, t, method, rtol, atol, first_step, step_size, max_num_steps):
@@ -88,13 +88,16 @@ class _Problem:
             tf.nest.map_structure(lambda _: None, self.state.structure),
         )
 
-    def run(self):
-        """Solve, compiled and cached when called eagerly."""
-        args = (
-            self.state.leaves, self.t, self.rtol, self.atol,
+    def step_arguments(self):
+        """`(first_step, step_size)` as tensors of the solve dtype (or None)."""
+        return (
             _as_tensor_or_none(self.first_step, self.state.solve_dtype),
             _as_tensor_or_none(self.step_size, self.state.solve_dtype),
         )
+
+    def run(self):
+        """Solve, compiled and cached when called eagerly."""
+        args = (self.state.leaves, self.t, self.rtol, self.atol) + self.step_arguments()
         if not tf.executing_eagerly():
             return self.core(*args)
         compiled = _compile.cached_function(self.func, ("odeint",) + self.static_key(), lambda: self.core)

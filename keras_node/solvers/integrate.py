@@ -77,6 +77,7 @@ def _write_due_outputs(ys, out_index, t_out, num_out, t1, value_at):
 def integrate(
     func, y0, t_out, *, tableau, rtol, atol, max_num_steps,
     first_step=None, step_size=None, norm_groups=None, initial_status=None,
+    clip_to_end=False,
 ):
     """Solve `dy/dt = func(t, y)` from `t_out[0]`, writing `y` at each `t_out`.
 
@@ -95,6 +96,11 @@ def integrate(
             group with every leaf, the RMS norm over all components).
         initial_status: optional int32 scalar; a non-zero value skips the
             solve (e.g. times found non-monotonic at run time).
+        clip_to_end: adaptive methods only: shorten the step that would pass
+            `t_out[-1]` so that it lands there. The public solvers never do
+            (output times are reached by dense output, API.md); the adjoint's
+            backward intervals do, because their end state must be exact and
+            nothing past it is ever needed.
 
     Returns:
         A `Solution`.
@@ -130,13 +136,13 @@ def integrate(
         num_steps=tf.constant(0, tf.int32), num_rejected=tf.constant(0, tf.int32),
         status=status,
     )
-    step = _adaptive_step if tableau.adaptive else _fixed_step
-
     def keep_going(s):
         return (s.out_index < num_out) & tf.equal(s.status, _status.SUCCESS)
 
     def body(s):
-        return step(s, func, t_out, num_out, tableau, rtol, atol, norm_groups, step_size)
+        if tableau.adaptive:
+            return _adaptive_step(s, func, t_out, num_out, tableau, rtol, atol, norm_groups, clip_to_end)
+        return _fixed_step(s, func, t_out, tableau, step_size)
 
     final = tf.while_loop(keep_going, body, (state,), maximum_iterations=max_num_steps)[0]
     unfinished = (final.out_index < num_out) & tf.equal(final.status, _status.SUCCESS)
@@ -148,9 +154,13 @@ def integrate(
     )
 
 
-def _adaptive_step(s, func, t_out, num_out, tableau, rtol, atol, norm_groups, _):
+def _adaptive_step(s, func, t_out, num_out, tableau, rtol, atol, norm_groups, clip_to_end):
     """Attempt one step of size s.dt; accept or reject it; write outputs."""
     dt = s.dt
+    if clip_to_end:
+        remaining = tf.gather(t_out, num_out - 1) - s.t
+        clipped = remaining < dt
+        dt = tf.where(clipped, remaining, dt)
     y1, f1, y_error, k = rk_step(func, s.t, s.y, s.f, dt, tableau)
     ratio = step_control.error_ratio(y_error, s.y, y1, rtol, atol, norm_groups)
     accept = ratio <= 1.0  # False for NaN: a non-finite step is a rejected step
@@ -169,6 +179,10 @@ def _adaptive_step(s, func, t_out, num_out, tableau, rtol, atol, norm_groups, _)
     y_new = _nest.where(accept, y1, s.y)
     f_new = _nest.where(accept, f1, s.f)
     dt_new = step_control.next_step_size(dt, ratio, accept, tableau.order)
+    if clip_to_end:
+        # A step shortened to land on the end says little about the step the
+        # dynamics allow: keep the longer proposal for whoever continues.
+        dt_new = tf.where(clipped & accept, tf.maximum(dt_new, s.dt), dt_new)
 
     status = s.status
     if not tableau.fsal:
@@ -188,9 +202,8 @@ def _adaptive_step(s, func, t_out, num_out, tableau, rtol, atol, norm_groups, _)
     )
 
 
-def _fixed_step(s, func, t_out, num_out, tableau, rtol, atol, norm_groups, step_size):
+def _fixed_step(s, func, t_out, tableau, step_size):
     """One step of a fixed-step method, shortened to land on the next output."""
-    del rtol, atol, norm_groups
     target = tf.gather(t_out, s.out_index)
     remaining = target - s.t
     if step_size is None:

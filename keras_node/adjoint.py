@@ -1,0 +1,375 @@
+"""`keras_node.odeint_adjoint`: constant-memory gradients by the adjoint method.
+
+Three parts (Chen et al. 2018; Kidger, Chen & Lyons 2021 for the seminorm):
+
+1. `_forward`: solve forward, recording no tape, and keep only the state at
+   the output times and at `adjoint_checkpoints` extra uniformly spaced
+   times (the anchors). Memory: (len(t) + K) states, whatever the step count.
+2. `_augmented_dynamics`: in backward time, the state [z, a, g] evolves by
+   [-f, a.df/dz, a.df/dtheta]: one `tf.GradientTape` VJP per evaluation.
+3. `_backward`: for each interval between anchors, from last to first: reset
+   z to the stored forward state (re-anchoring, so the backward
+   reconstruction of z never drifts far on contractive dynamics), add the
+   output's cotangent to a, and solve the augmented ODE to the previous
+   anchor, with a mixed error norm over [z], [a] (and [g] unless seminorm).
+
+Time gradients use dL/dt_i = dL/dy_i . f(t_i, y_i) for outputs i >= 1 and
+dL/dt_0 = -a(t_0) . f(t_0, y_0). These equal the integrated time-adjoint of
+torchdiffeq/jax (by d/dt (a . f) = a . df/dt along the solution) without
+integrating one more component.
+"""
+
+import tensorflow as tf
+from tensorflow.python.eager import record
+
+from keras_node import _compile
+from keras_node import _inputs
+from keras_node import _nest
+from keras_node import _status
+from keras_node.odeint import Problem, stats_dict
+from keras_node.solvers import registry
+from keras_node.solvers import step_control
+from keras_node.solvers.integrate import integrate
+
+DEFAULT_CHECKPOINTS = 8
+"""Default `adjoint_checkpoints`; see benchmarks/RESULTS.md for the measurements."""
+
+
+class AdjointStats:
+    """Counters of the last backward (adjoint) solve, readable after a gradient.
+
+    Pass one as `odeint_adjoint(..., backward_stats=stats)`; after
+    `tape.gradient(...)` its int32 variables `nfe`, `num_steps`,
+    `num_rejected` and `status` hold the backward solve's counts. Create it
+    outside `tf.function` (it owns variables).
+
+    Example:
+
+    >>> stats = keras_node.AdjointStats()
+    >>> with tf.GradientTape() as tape:
+    ...     tape.watch(y0)
+    ...     ys = keras_node.odeint_adjoint(f, y0, t, backward_stats=stats)
+    >>> grad = tape.gradient(tf.reduce_sum(ys[-1]), y0)
+    >>> int(stats.nfe)
+    """
+
+    def __init__(self):
+        with tf.init_scope():
+            self.nfe = tf.Variable(0, dtype=tf.int32, trainable=False, name="nfe_backward")
+            self.num_steps = tf.Variable(0, dtype=tf.int32, trainable=False, name="num_steps_backward")
+            self.num_rejected = tf.Variable(0, dtype=tf.int32, trainable=False, name="num_rejected_backward")
+            self.status = tf.Variable(0, dtype=tf.int32, trainable=False, name="status_backward")
+
+    def as_dict(self):
+        """The counters as a dict of int32 scalar tensors."""
+        return {name: tf.convert_to_tensor(getattr(self, name)) for name in
+                ("nfe", "num_steps", "num_rejected", "status")}
+
+
+def odeint_adjoint(
+    func, y0, t, *, variables=None, method="dopri5", rtol=1e-3, atol=1e-6,
+    first_step=None, step_size=None, max_num_steps=10_000, adjoint_method=None,
+    adjoint_rtol=None, adjoint_atol=None, adjoint_seminorm=True,
+    adjoint_checkpoints=DEFAULT_CHECKPOINTS, return_stats=False, backward_stats=None,
+):
+    """Like `keras_node.odeint`, with gradients from the adjoint method.
+
+    The forward pass stores no intermediate steps; the gradient solves the
+    augmented adjoint ODE backward in time, so memory does not grow with the
+    number of solver steps. Gradients flow to `y0`, every value of `t` and
+    the trainable variables `func` reads.
+
+    Args:
+        func, y0, t, method, rtol, atol, first_step, step_size, max_num_steps,
+            return_stats: as for `keras_node.odeint` (stats are the forward
+            solve's).
+        variables: the trainable variables `func` depends on. Default:
+            `func.trainable_variables` for a Keras layer or `tf.Module`;
+            variables TensorFlow sees `func` read always get gradients too.
+        adjoint_method, adjoint_rtol, adjoint_atol: settings of the backward
+            solve; default to the forward ones (a fixed-step backward solve
+            uses the forward `step_size`).
+        adjoint_seminorm: leave the parameter-gradient integral out of the
+            backward error norm (Kidger et al. 2021): fewer backward steps
+            with no loss of accuracy in the state and adjoint.
+        adjoint_checkpoints: K >= 0. The forward pass also stores the state
+            at K uniformly spaced times and the backward pass re-anchors z
+            there. K = 0 is the plain backsolve adjoint, which can be wrong by
+            orders of magnitude on contractive dynamics over long horizons.
+            Memory is K extra states. Default: `DEFAULT_CHECKPOINTS`.
+        backward_stats: an optional `keras_node.AdjointStats` that receives
+            the backward solve's counts (nfe, num_steps, num_rejected,
+            status) whenever the gradient is computed.
+
+    Returns:
+        As `keras_node.odeint`.
+
+    Raises:
+        As `keras_node.odeint`; a failing backward solve raises
+        `tf.errors.InvalidArgumentError` when the gradient is computed (NaN
+        gradients under XLA).
+    """
+    problem = Problem(func, y0, t, method, rtol, atol, first_step, step_size, max_num_steps)
+    settings = _BackwardSettings(
+        problem, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_seminorm,
+        adjoint_checkpoints, backward_stats,
+    )
+    explicit = _explicit_variables(func, variables)
+    forward_stats = {}
+
+    @tf.custom_gradient
+    def solve(*inputs):
+        leaves, t_in = inputs[:-1], inputs[-1]
+        with record.stop_recording():
+            outputs, saved, stats = _run(
+                problem, ("forward", settings.checkpoints), _forward_core(problem, settings),
+                leaves, t_in, problem.rtol, problem.atol, *problem.step_arguments(),
+            )
+        forward_stats.update(stats)
+
+        def grad_fn(*output_grads, variables=None):
+            watched = list(variables or [])
+            grads_y0, grad_t, grads_vars = _run(
+                problem, ("backward", settings.key()), _backward_core(problem, settings),
+                saved, [_dense(g, o) for g, o in zip(output_grads, outputs)], watched,
+                settings.rtol, settings.atol, *problem.step_arguments(),
+            )
+            return list(grads_y0) + [grad_t], list(grads_vars)
+
+        return outputs, grad_fn
+
+    del explicit  # validated; TensorFlow reports the variables actually read
+    outputs = solve(*problem.state.leaves, problem.t)
+    ys = problem.pack(outputs)
+    return (ys, dict(forward_stats)) if return_stats else ys
+
+
+def _dense(grad, like):
+    if grad is None:
+        return tf.zeros_like(like)
+    return tf.convert_to_tensor(grad)
+
+
+def _explicit_variables(func, variables):
+    """Validate `variables=` (or find `func.trainable_variables`)."""
+    if variables is None:
+        return list(getattr(func, "trainable_variables", []) or [])
+    variables = list(variables) if isinstance(variables, (list, tuple)) else [variables]
+    for v in variables:
+        if not isinstance(v, tf.Variable) and not hasattr(v, "assign"):
+            raise TypeError(
+                "variables must be a list of tf.Variable (or Keras variables). "
+                f"Received an element of type {type(v).__name__}"
+            )
+    return variables
+
+
+def _run(problem, key, core, *args):
+    """Run `core` directly in graphs, through a cached tf.function eagerly."""
+    if not tf.executing_eagerly():
+        return core(*args)
+    compiled = _compile.cached_function(problem.func, ("adjoint",) + key + problem.static_key(),
+                                        lambda: core)
+    return compiled(*args)
+
+
+class _BackwardSettings:
+    """Validated settings of the backward solve."""
+
+    def __init__(self, problem, method, rtol, atol, seminorm, checkpoints, stats):
+        self.tableau = problem.tableau if method is None else registry.get_tableau(method, "adjoint_method")
+        self.rtol = problem.rtol if rtol is None else _inputs.tolerances(rtol, problem.state, "adjoint_rtol")
+        self.atol = problem.atol if atol is None else _inputs.tolerances(atol, problem.state, "adjoint_atol")
+        _inputs.check_both_tolerances(self.rtol, self.atol)
+        if not isinstance(seminorm, bool):
+            raise TypeError(f"adjoint_seminorm must be True or False. Received: adjoint_seminorm={seminorm!r}")
+        if isinstance(checkpoints, bool) or not isinstance(checkpoints, int) or checkpoints < 0:
+            raise ValueError(
+                "adjoint_checkpoints must be an integer >= 0 (0: plain backsolve adjoint). "
+                f"Received: adjoint_checkpoints={checkpoints!r}"
+            )
+        if not self.tableau.adaptive and problem.step_size is None and problem.tableau.adaptive:
+            raise ValueError(
+                f"adjoint_method={self.tableau.name!r} is a fixed-step method and needs a step: "
+                "pass step_size=, or use an adaptive adjoint_method."
+            )
+        self.seminorm = seminorm
+        self.checkpoints = checkpoints
+        self.stats = stats
+        if stats is not None and not all(hasattr(stats, n) for n in ("nfe", "num_steps", "num_rejected", "status")):
+            raise TypeError(
+                "backward_stats must be a keras_node.AdjointStats (or have nfe, num_steps, "
+                f"num_rejected and status variables). Received: {type(stats).__name__}"
+            )
+
+    def key(self):
+        return (self.tableau.name, self.seminorm, self.checkpoints, id(self.stats))
+
+
+def _anchor_times(tau, checkpoints):
+    """Merge K uniform checkpoint times into the output times `tau`.
+
+    Returns `(tau_all, positions)`: sorted anchor times and the index in
+    `tau_all` of each output time.
+    """
+    if checkpoints == 0:
+        return tau, tf.range(tf.shape(tau)[0])
+    extra = tf.linspace(tau[0], tau[-1], checkpoints + 2)[1:-1]
+    merged = tf.concat([tau, extra], axis=0)
+    order = tf.argsort(merged, stable=True)
+    positions = tf.math.invert_permutation(order)[: tf.shape(tau)[0]]
+    return tf.gather(merged, order), positions
+
+
+def _direction_and_tau(problem, t):
+    direction = problem.direction
+    initial_status = None
+    if direction is None:
+        direction = tf.sign(t[1] - t[0])
+        initial_status = _inputs.runtime_time_check(t * direction)
+    tau = t if _inputs.is_plus_one(direction) else t * direction
+    return direction, tau, initial_status
+
+
+def _forward_core(problem, settings):
+    def core(leaves, t, rtol, atol, first_step, step_size):
+        direction, tau, initial_status = _direction_and_tau(problem, t)
+        tau_all, positions = _anchor_times(tau, settings.checkpoints)
+        solution = integrate(
+            _inputs.normalized_func(problem.func, problem.state, direction), tuple(leaves), tau_all,
+            tableau=problem.tableau, rtol=tuple(rtol), atol=tuple(atol),
+            max_num_steps=problem.max_num_steps, first_step=_step(first_step),
+            step_size=_step(step_size), initial_status=initial_status,
+        )
+        t_reached = solution.t_reached if _inputs.is_plus_one(direction) else solution.t_reached * direction
+        ys_all = _status.guard(list(solution.ys), solution.status, t_reached, "odeint_adjoint",
+                               problem.max_num_steps)
+        outputs = [tf.gather(y, positions) for y in ys_all]
+        saved = (ys_all, tau_all, positions, t)
+        return outputs, saved, stats_dict(solution)
+
+    return core
+
+
+def _step(value):
+    return None if value is None else tf.abs(value)
+
+
+def _augmented_dynamics(func, num_leaves, variables, dtype):
+    """Backward-time dynamics of [z, a, g] (see the module docstring).
+
+    Backward time is sigma = -tau, so d/dsigma = -d/dtau:
+    dz/dsigma = -f, da/dsigma = a . df/dz, dg/dsigma = a . df/dtheta.
+    One tape records f; one `gradient` call gives both VJPs.
+    """
+
+    def dynamics(sigma, x):
+        z, a = x[:num_leaves], x[num_leaves: 2 * num_leaves]
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(z)
+            tape.watch(variables)
+            f = func(-sigma, z)
+        vjps = tape.gradient(
+            f, list(z) + list(variables), output_gradients=list(a),
+            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+        )
+        vjps = [tf.cast(tf.convert_to_tensor(v), dtype) for v in vjps]
+        return tuple(-fi for fi in f) + tuple(vjps)
+
+    return dynamics
+
+
+def _backward_core(problem, settings):
+    def core(saved, output_grads, variables, rtol, atol, first_step, step_size):
+        ys_all, tau_all, positions, t = saved
+        direction, _, _ = _direction_and_tau(problem, t)
+        func = _inputs.normalized_func(problem.func, problem.state, direction)
+        dtype = ys_all[0].dtype
+        n_leaves = len(ys_all)
+        num_anchors = tau_all.shape[0] if tau_all.shape[0] is not None else tf.shape(tau_all)[0]
+        grads_all = [tf.scatter_nd(positions[:, None], g, tf.shape(y)) for g, y in zip(output_grads, ys_all)]
+        params0 = tuple(tf.zeros(v.shape, dtype) for v in variables)
+        aug_func = _augmented_dynamics(func, n_leaves, variables, dtype)
+        aug_rtol, aug_atol = _augmented_tolerances(rtol, atol, n_leaves, params0)
+        groups = [list(range(n_leaves)), list(range(n_leaves, 2 * n_leaves))]
+        if not settings.seminorm and params0:
+            groups.append(list(range(2 * n_leaves, 2 * n_leaves + len(params0))))
+
+        def time_grad(i, grads):
+            f = func(tf.gather(tau_all, i), tuple(tf.gather(y, i) for y in ys_all))
+            return tf.add_n([tf.reduce_sum(g * fi) for g, fi in zip(grads, f)])
+
+        def interval(i, a, params, dt, t_grads, nfe, steps, rejected, status):
+            z = tuple(tf.gather(y, i) for y in ys_all)
+            g_i = [tf.gather(g, i) for g in grads_all]
+            a = tuple(ai + gi for ai, gi in zip(a, g_i))
+            t_grads = t_grads.write(i, time_grad(i, g_i))
+            x = z + a + params
+            sigma = -tf.stack([tf.gather(tau_all, i), tf.gather(tau_all, i - 1)])
+            if dt is None and first_step is not None:
+                dt = _step(first_step)
+            elif dt is None and settings.tableau.adaptive:
+                f0 = aug_func(sigma[0], x)
+                dt = step_control.initial_step(aug_func, sigma[0], x, f0, settings.tableau.order,
+                                               aug_rtol, aug_atol, groups)
+                nfe += 2
+            elif dt is None:
+                dt = tf.zeros([], dtype)  # fixed-step: unused
+            sol = integrate(
+                aug_func, x, sigma, tableau=settings.tableau, rtol=aug_rtol, atol=aug_atol,
+                max_num_steps=problem.max_num_steps, first_step=dt, norm_groups=groups,
+                step_size=_step(step_size), clip_to_end=settings.tableau.adaptive,
+            )
+            end = [y[-1] for y in sol.ys]
+            return (i - 1, tuple(end[n_leaves: 2 * n_leaves]), tuple(end[2 * n_leaves:]),
+                    sol.last_dt, t_grads, nfe + sol.nfe + 1, steps + sol.num_steps,
+                    rejected + sol.num_rejected, tf.where(tf.equal(status, 0), sol.status, status))
+
+        zeros = tf.constant(0, tf.int32)
+        a0 = tuple(tf.zeros_like(y[0]) for y in ys_all)
+        t_grads = tf.TensorArray(dtype, size=num_anchors)
+        # The first interval picks its own initial step; the rest continue
+        # with the step size the previous interval ended on.
+        state = interval(num_anchors - 1, a0, params0, None, t_grads, zeros, zeros, zeros, zeros)
+
+        def keep_going(i, *rest):
+            return (i >= 1) & tf.equal(rest[-1], 0)
+
+        state = tf.while_loop(keep_going, lambda *s: interval(*s), state,
+                              maximum_iterations=None if not isinstance(num_anchors, int) else num_anchors)
+        _, a, params, _, t_grads, nfe, steps, rejected, status = state
+        f0 = func(tau_all[0], tuple(y[0] for y in ys_all))
+        t_grads = t_grads.write(0, -tf.add_n([tf.reduce_sum(ai * fi) for ai, fi in zip(a, f0)]))
+        grads_y0 = tuple(ai + g[0] for ai, g in zip(a, grads_all))
+        grad_tau = tf.gather(t_grads.stack(), positions)
+        grad_t = grad_tau if _inputs.is_plus_one(direction) else grad_tau * direction
+        grads_vars = [tf.cast(p, v.dtype) for p, v in zip(params, variables)]
+        nfe += 1
+        flat = list(grads_y0) + [grad_t] + grads_vars
+        flat = _status.guard(flat, status, tf.constant(float("nan"), dtype),
+                             "odeint_adjoint backward pass", problem.max_num_steps)
+        flat = _record_stats(settings.stats, flat, nfe, steps, rejected, status)
+        n = len(grads_y0)
+        return flat[:n], flat[n], flat[n + 1:]
+
+    return core
+
+
+def _record_stats(stats, flat, nfe, steps, rejected, status):
+    if stats is None:
+        return flat
+    updates = [stats.nfe.assign(nfe), stats.num_steps.assign(steps),
+               stats.num_rejected.assign(rejected), stats.status.assign(status)]
+    with tf.control_dependencies(updates):
+        return [tf.identity(x) for x in flat]
+
+
+def _augmented_tolerances(rtol, atol, n_leaves, params):
+    """Tolerances for [z, a, g]: z and a reuse the state's; each parameter
+    block gets the tightest of them as a scalar (it only matters without the
+    seminorm)."""
+    r_min = tf.reduce_min(tf.stack([tf.reduce_min(r) for r in rtol]))
+    a_min = tf.reduce_min(tf.stack([tf.reduce_min(a) for a in atol]))
+    rtol = tuple(rtol) + tuple(rtol) + tuple(r_min for _ in params)
+    atol = tuple(atol) + tuple(atol) + tuple(a_min for _ in params)
+    return rtol, atol
