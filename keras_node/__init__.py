@@ -17,6 +17,9 @@ from keras_node.adjoint import DEFAULT_CHECKPOINTS as DEFAULT_CHECKPOINTS  # noq
 from keras_node.adjoint import AdjointStats as AdjointStats  # noqa: E402
 from keras_node.adjoint import odeint_adjoint as odeint_adjoint  # noqa: E402
 from keras_node.odeint import odeint as odeint  # noqa: E402
+from keras_node.layers.ode_layer import ODELayer as ODELayer  # noqa: E402
+from keras_node import dynamics as dynamics  # noqa: E402
+from keras_node import callbacks as callbacks  # noqa: E402
 from keras_node.solvers.registry import METHODS as METHODS  # noqa: E402
 
 __version__ = "0.1.0"
@@ -25,6 +28,9 @@ __all__ = [
     "AdjointStats",
     "DEFAULT_CHECKPOINTS",
     "METHODS",
+    "ODELayer",
+    "callbacks",
+    "dynamics",
     "odeint",
     "odeint_adjoint",
 ]
