@@ -109,13 +109,40 @@ def odeint_adjoint(
         `tf.errors.InvalidArgumentError` when the gradient is computed (NaN
         gradients under XLA).
     """
+    return _odeint_adjoint(
+        func, y0, t, variables=variables, method=method, rtol=rtol, atol=atol,
+        first_step=first_step, step_size=step_size, max_num_steps=max_num_steps,
+        adjoint_method=adjoint_method, adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol,
+        adjoint_seminorm=adjoint_seminorm, adjoint_checkpoints=adjoint_checkpoints,
+        return_stats=return_stats, backward_stats=backward_stats,
+    )
+
+
+def _odeint_adjoint(
+    func, y0, t, *, variables, method, rtol, atol, first_step, step_size, max_num_steps,
+    adjoint_method, adjoint_rtol, adjoint_atol, adjoint_seminorm, adjoint_checkpoints,
+    return_stats, backward_stats, nonfinite_gradients="raise",
+):
+    """`odeint_adjoint` with one more internal switch.
+
+    `nonfinite_gradients="nan"` makes a backward pass that became non-finite
+    return NaN gradients instead of raising. `ODELayer` uses it under a
+    float16 policy: loss scaling *expects* overflowing gradients now and then
+    and recovers by lowering the scale, so raising would break training.
+    """
     problem = Problem(func, y0, t, method, rtol, atol, first_step, step_size, max_num_steps)
     settings = _BackwardSettings(
         problem, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_seminorm,
         adjoint_checkpoints, backward_stats,
     )
+    settings.nonfinite_gradients = nonfinite_gradients
     explicit = _explicit_variables(func, variables)
     forward_stats = {}
+    return _solve_with_adjoint(problem, settings, explicit, forward_stats, return_stats)
+
+
+def _solve_with_adjoint(problem, settings, explicit, forward_stats, return_stats):
+    """Run the forward solve under `tf.custom_gradient` with the adjoint backward."""
 
     @tf.custom_gradient
     def solve(*inputs):
@@ -202,8 +229,11 @@ class _BackwardSettings:
                 f"num_rejected and status variables). Received: {type(stats).__name__}"
             )
 
+        self.nonfinite_gradients = "raise"
+
     def key(self):
-        return (self.tableau.name, self.seminorm, self.checkpoints, id(self.stats))
+        return (self.tableau.name, self.seminorm, self.checkpoints, id(self.stats),
+                self.nonfinite_gradients)
 
 
 def _anchor_times(tau, checkpoints):
@@ -346,6 +376,11 @@ def _backward_core(problem, settings):
         grads_vars = [tf.cast(p, v.dtype) for p, v in zip(params, variables)]
         nfe += 1
         flat = list(grads_y0) + [grad_t] + grads_vars
+        if settings.nonfinite_gradients == "nan":
+            # Let overflow reach the loss-scale optimizer as NaN gradients.
+            status = tf.where(tf.equal(status, _status.NON_FINITE), _status.SUCCESS, status)
+            flat = [tf.where(tf.equal(status, 0), x, float("nan")) if x.dtype.is_floating else x
+                    for x in flat]
         flat = _status.guard(flat, status, tf.constant(float("nan"), dtype),
                              "odeint_adjoint backward pass", problem.max_num_steps)
         flat = _record_stats(settings.stats, flat, nfe, steps, rejected, status)

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_node import _inputs
-from keras_node.adjoint import DEFAULT_CHECKPOINTS, odeint_adjoint
+from keras_node.adjoint import DEFAULT_CHECKPOINTS, _odeint_adjoint
 from keras_node.odeint import odeint
 from keras_node.solvers import registry
 
@@ -166,11 +166,14 @@ class ODELayer(keras.layers.Layer):
             step_size=self.step_size, max_num_steps=self.max_num_steps, return_stats=True,
         )
         if self.gradient == "adjoint":
-            ys, stats = odeint_adjoint(
+            ys, stats = _odeint_adjoint(
                 self._call_dynamics, inputs, times, variables=self.dynamics.trainable_variables,
+                adjoint_method=None, adjoint_rtol=None, adjoint_atol=None,
                 adjoint_seminorm=self.adjoint_seminorm,
                 adjoint_checkpoints=self.adjoint_checkpoints,
-                backward_stats=self._counters.backward, **options,
+                backward_stats=self._counters.backward,
+                nonfinite_gradients="nan" if self._uses_loss_scaling() else "raise",
+                **options,
             )
         else:
             ys, stats = odeint(self._call_dynamics, inputs, times, **options)
@@ -179,6 +182,11 @@ class ODELayer(keras.layers.Layer):
             return ys[-1]
         rank = len(ys.shape)
         return tf.transpose(ys, [1, 0] + list(range(2, rank)))
+
+    def _uses_loss_scaling(self):
+        # float16 has a narrow range, so Keras trains it with a loss-scale
+        # optimizer that needs to *see* overflowing gradients.
+        return self.dynamics.compute_dtype == "float16" or self.compute_dtype == "float16"
 
     # -- diagnostics --------------------------------------------------------
 
