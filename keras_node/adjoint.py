@@ -66,6 +66,7 @@ class AdjointStats:
                 ("nfe", "num_steps", "num_rejected", "status")}
 
 
+@tf.autograph.experimental.do_not_convert
 def odeint_adjoint(
     func, y0, t, *, variables=None, method="dopri5", rtol=1e-3, atol=1e-6,
     first_step=None, step_size=None, max_num_steps=10_000, adjoint_method=None,
@@ -118,6 +119,7 @@ def odeint_adjoint(
     )
 
 
+@tf.autograph.experimental.do_not_convert
 def _odeint_adjoint(
     func, y0, t, *, variables, method, rtol, atol, first_step, step_size, max_num_steps,
     adjoint_method, adjoint_rtol, adjoint_atol, adjoint_seminorm, adjoint_checkpoints,
@@ -290,7 +292,9 @@ def _augmented_dynamics(func, num_leaves, variables, dtype):
 
     Backward time is sigma = -tau, so d/dsigma = -d/dtau:
     dz/dsigma = -f, da/dsigma = a . df/dz, dg/dsigma = a . df/dtheta.
-    One tape records f; one `gradient` call gives both VJPs.
+    One tape records f; one `gradient` call gives both VJPs. The parameter
+    gradients travel as one flat vector `g`: one leaf instead of one per
+    variable keeps the traced solver small and its stage sums fused.
     """
 
     def dynamics(sigma, x):
@@ -304,88 +308,125 @@ def _augmented_dynamics(func, num_leaves, variables, dtype):
             unconnected_gradients=tf.UnconnectedGradients.ZERO,
         )
         vjps = [tf.cast(tf.convert_to_tensor(v), dtype) for v in vjps]
-        return tuple(-fi for fi in f) + tuple(vjps)
+        derivative = tuple(-fi for fi in f) + tuple(vjps[:num_leaves])
+        if variables:
+            derivative += (_flatten_parameters(vjps[num_leaves:]),)
+        return derivative
 
     return dynamics
 
 
-def _backward_core(problem, settings):
-    def core(saved, output_grads, variables, rtol, atol, first_step, step_size):
-        ys_all, tau_all, positions, t = saved
-        direction, _, _ = _direction_and_tau(problem, t)
-        func = _inputs.normalized_func(problem.func, problem.state, direction)
-        dtype = ys_all[0].dtype
-        n_leaves = len(ys_all)
-        num_anchors = tau_all.shape[0] if tau_all.shape[0] is not None else tf.shape(tau_all)[0]
-        grads_all = [tf.scatter_nd(positions[:, None], g, tf.shape(y)) for g, y in zip(output_grads, ys_all)]
-        params0 = tuple(tf.zeros(v.shape, dtype) for v in variables)
-        aug_func = _augmented_dynamics(func, n_leaves, variables, dtype)
-        aug_rtol, aug_atol = _augmented_tolerances(rtol, atol, n_leaves, params0)
-        groups = [list(range(n_leaves)), list(range(n_leaves, 2 * n_leaves))]
-        if not settings.seminorm and params0:
-            groups.append(list(range(2 * n_leaves, 2 * n_leaves + len(params0))))
+def _flatten_parameters(tensors):
+    return tf.concat([tf.reshape(v, [-1]) for v in tensors], axis=0)
 
-        def time_grad(i, grads):
-            f = func(tf.gather(tau_all, i), tuple(tf.gather(y, i) for y in ys_all))
-            return tf.add_n([tf.reduce_sum(g * fi) for g, fi in zip(grads, f)])
 
-        def interval(i, a, params, dt, t_grads, nfe, steps, rejected, status):
-            z = tuple(tf.gather(y, i) for y in ys_all)
-            g_i = [tf.gather(g, i) for g in grads_all]
-            a = tuple(ai + gi for ai, gi in zip(a, g_i))
-            t_grads = t_grads.write(i, time_grad(i, g_i))
-            x = z + a + params
-            sigma = -tf.stack([tf.gather(tau_all, i), tf.gather(tau_all, i - 1)])
-            if dt is None and first_step is not None:
-                dt = _step(first_step)
-            elif dt is None and settings.tableau.adaptive:
-                f0 = aug_func(sigma[0], x)
-                dt = step_control.initial_step(aug_func, sigma[0], x, f0, settings.tableau.order,
-                                               aug_rtol, aug_atol, groups)
-                nfe += 2
-            elif dt is None:
-                dt = tf.zeros([], dtype)  # fixed-step: unused
-            sol = integrate(
-                aug_func, x, sigma, tableau=settings.tableau, rtol=aug_rtol, atol=aug_atol,
-                max_num_steps=problem.max_num_steps, first_step=dt, norm_groups=groups,
-                step_size=_step(step_size), clip_to_end=settings.tableau.adaptive,
-            )
-            end = [y[-1] for y in sol.ys]
-            return (i - 1, tuple(end[n_leaves: 2 * n_leaves]), tuple(end[2 * n_leaves:]),
-                    sol.last_dt, t_grads, nfe + sol.nfe + 1, steps + sol.num_steps,
-                    rejected + sol.num_rejected, tf.where(tf.equal(status, 0), sol.status, status))
+def _unflatten_parameters(flat, variables):
+    sizes = [v.shape.num_elements() for v in variables]
+    pieces = tf.split(flat, sizes) if len(sizes) > 1 else [flat]
+    return [tf.cast(tf.reshape(p, v.shape), v.dtype) for p, v in zip(pieces, variables)]
 
-        zeros = tf.constant(0, tf.int32)
-        a0 = tuple(tf.zeros_like(y[0]) for y in ys_all)
-        t_grads = tf.TensorArray(dtype, size=num_anchors)
-        # The first interval picks its own initial step; the rest continue
-        # with the step size the previous interval ended on.
-        state = interval(num_anchors - 1, a0, params0, None, t_grads, zeros, zeros, zeros, zeros)
 
-        def keep_going(i, *rest):
-            return (i >= 1) & tf.equal(rest[-1], 0)
+class _Backward:
+    """The backward pass over anchors, for one gradient computation."""
 
-        state = tf.while_loop(keep_going, lambda *s: interval(*s), state,
-                              maximum_iterations=None if not isinstance(num_anchors, int) else num_anchors)
-        _, a, params, _, t_grads, nfe, steps, rejected, status = state
-        f0 = func(tau_all[0], tuple(y[0] for y in ys_all))
+    def __init__(self, problem, settings, saved, output_grads, variables, rtol, atol):
+        self.ys_all, self.tau_all, self.positions, t = saved
+        self.direction, _, _ = _direction_and_tau(problem, t)
+        self.func = _inputs.normalized_func(problem.func, problem.state, self.direction)
+        self.settings, self.problem, self.variables = settings, problem, list(variables)
+        self.dtype = self.ys_all[0].dtype
+        self.n = len(self.ys_all)
+        static = self.tau_all.shape[0]
+        self.num_anchors = static if static is not None else tf.shape(self.tau_all)[0]
+        # Cotangents per anchor: zero at checkpoints that are not outputs.
+        self.grads_all = [tf.scatter_nd(self.positions[:, None], g, tf.shape(y))
+                          for g, y in zip(output_grads, self.ys_all)]
+        self.aug_func = _augmented_dynamics(self.func, self.n, self.variables, self.dtype)
+        num_params = sum(v.shape.num_elements() for v in self.variables)
+        self.params0 = (tf.zeros([num_params], self.dtype),) if self.variables else ()
+        self.rtol, self.atol = _augmented_tolerances(rtol, atol, self.params0)
+        self.groups = [list(range(self.n)), list(range(self.n, 2 * self.n))]
+        if not settings.seminorm and self.variables:
+            self.groups.append([2 * self.n])
+
+    def at_anchor(self, i, a):
+        """State [z_i, a + dL/dy_i] at anchor i, and dL/dtau_i (direct part)."""
+        z = tuple(tf.gather(y, i) for y in self.ys_all)
+        g = [tf.gather(grads, i) for grads in self.grads_all]
+        f = self.func(tf.gather(self.tau_all, i), z)
+        t_grad = tf.add_n([tf.reduce_sum(gi * fi) for gi, fi in zip(g, f)])
+        return z, tuple(ai + gi for ai, gi in zip(a, g)), t_grad
+
+    def sigma(self, i):
+        return -tf.stack([tf.gather(self.tau_all, i), tf.gather(self.tau_all, i - 1)])
+
+    def initial_dt(self, first_step):
+        """Step size the first backward interval starts with, and its cost."""
+        if first_step is not None:
+            return _step(first_step), 0
+        if not self.settings.tableau.adaptive:
+            return tf.zeros([], self.dtype), 0  # unused by fixed-step methods
+        last = self.num_anchors - 1
+        z, a, _ = self.at_anchor(last, tuple(tf.zeros_like(y[0]) for y in self.ys_all))
+        x = z + a + self.params0
+        sigma0 = self.sigma(last)[0]
+        f0 = self.aug_func(sigma0, x)
+        dt = step_control.initial_step(self.aug_func, sigma0, x, f0, self.settings.tableau.order,
+                                       self.rtol, self.atol, self.groups)
+        return dt, 3
+
+    def interval(self, i, a, params, dt, t_grads, counts, status, step_size):
+        """Re-anchor at i and solve the augmented ODE back to anchor i - 1."""
+        z, a, t_grad = self.at_anchor(i, a)
+        sol = integrate(
+            self.aug_func, z + a + params, self.sigma(i), tableau=self.settings.tableau,
+            rtol=self.rtol, atol=self.atol, max_num_steps=self.problem.max_num_steps,
+            first_step=dt, norm_groups=self.groups, step_size=_step(step_size),
+            clip_to_end=self.settings.tableau.adaptive,
+        )
+        end = [y[-1] for y in sol.ys]
+        counts = counts + tf.stack([sol.nfe + 1, sol.num_steps, sol.num_rejected])
+        status = tf.where(tf.equal(status, 0), sol.status, status)
+        return (i - 1, tuple(end[self.n: 2 * self.n]), tuple(end[2 * self.n:]), sol.last_dt,
+                t_grads.write(i, t_grad), counts, status)
+
+    def run(self, first_step, step_size):
+        dt, initial_cost = self.initial_dt(first_step)
+        a0 = tuple(tf.zeros_like(y[0]) for y in self.ys_all)
+        state = (self.num_anchors - 1, a0, self.params0, dt,
+                 tf.TensorArray(self.dtype, size=self.num_anchors),
+                 tf.constant([initial_cost, 0, 0], tf.int32), tf.constant(0, tf.int32))
+        bound = self.num_anchors if isinstance(self.num_anchors, int) else None
+        state = tf.while_loop(
+            lambda i, *rest: (i >= 1) & tf.equal(rest[-1], 0),
+            lambda *s: self.interval(*s, step_size), state, maximum_iterations=bound,
+        )
+        _, a, params, _, t_grads, counts, status = state
+        return self.finish(a, params, t_grads, counts, status)
+
+    def finish(self, a, params, t_grads, counts, status):
+        """Gradients for y0, t and the variables, guarded by the status."""
+        f0 = self.func(self.tau_all[0], tuple(y[0] for y in self.ys_all))
         t_grads = t_grads.write(0, -tf.add_n([tf.reduce_sum(ai * fi) for ai, fi in zip(a, f0)]))
-        grads_y0 = tuple(ai + g[0] for ai, g in zip(a, grads_all))
-        grad_tau = tf.gather(t_grads.stack(), positions)
-        grad_t = grad_tau if _inputs.is_plus_one(direction) else grad_tau * direction
-        grads_vars = [tf.cast(p, v.dtype) for p, v in zip(params, variables)]
-        nfe += 1
-        flat = list(grads_y0) + [grad_t] + grads_vars
-        if settings.nonfinite_gradients == "nan":
+        grads_y0 = [ai + g[0] for ai, g in zip(a, self.grads_all)]
+        grad_tau = tf.gather(t_grads.stack(), self.positions)
+        grad_t = grad_tau if _inputs.is_plus_one(self.direction) else grad_tau * self.direction
+        grads_vars = _unflatten_parameters(params[0], self.variables) if self.variables else []
+        flat = grads_y0 + [grad_t] + grads_vars
+        if self.settings.nonfinite_gradients == "nan":
             # Let overflow reach the loss-scale optimizer as NaN gradients.
             status = tf.where(tf.equal(status, _status.NON_FINITE), _status.SUCCESS, status)
-            flat = [tf.where(tf.equal(status, 0), x, float("nan")) if x.dtype.is_floating else x
-                    for x in flat]
-        flat = _status.guard(flat, status, tf.constant(float("nan"), dtype),
-                             "odeint_adjoint backward pass", problem.max_num_steps)
-        flat = _record_stats(settings.stats, flat, nfe, steps, rejected, status)
-        n = len(grads_y0)
-        return flat[:n], flat[n], flat[n + 1:]
+            flat = [tf.where(tf.equal(status, 0), x, float("nan")) for x in flat]
+        flat = _status.guard(flat, status, tf.constant(float("nan"), self.dtype),
+                             "odeint_adjoint backward pass", self.problem.max_num_steps)
+        flat = _record_stats(self.settings.stats, flat, counts[0] + 1, counts[1], counts[2], status)
+        return flat[: self.n], flat[self.n], flat[self.n + 1:]
+
+
+def _backward_core(problem, settings):
+    def core(saved, output_grads, variables, rtol, atol, first_step, step_size):
+        backward = _Backward(problem, settings, saved, output_grads, variables, rtol, atol)
+        return backward.run(first_step, step_size)
 
     return core
 
@@ -399,9 +440,9 @@ def _record_stats(stats, flat, nfe, steps, rejected, status):
         return [tf.identity(x) for x in flat]
 
 
-def _augmented_tolerances(rtol, atol, n_leaves, params):
-    """Tolerances for [z, a, g]: z and a reuse the state's; each parameter
-    block gets the tightest of them as a scalar (it only matters without the
+def _augmented_tolerances(rtol, atol, params):
+    """Tolerances for [z, a, g]: z and a reuse the state's; the parameter
+    vector gets the tightest of them as a scalar (it only matters without the
     seminorm)."""
     r_min = tf.reduce_min(tf.stack([tf.reduce_min(r) for r in rtol]))
     a_min = tf.reduce_min(tf.stack([tf.reduce_min(a) for a in atol]))

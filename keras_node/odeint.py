@@ -9,6 +9,9 @@ from keras_node.solvers import registry
 from keras_node.solvers.integrate import integrate
 
 
+# Autograph has nothing to convert here (all control flow is explicit TF ops)
+# and converting the whole solver costs seconds of tracing.
+@tf.autograph.experimental.do_not_convert
 def odeint(
     func, y0, t, *, method="dopri5", rtol=1e-3, atol=1e-6, first_step=None,
     step_size=None, max_num_steps=10_000, return_stats=False,

@@ -159,6 +159,7 @@ class ODELayer(keras.layers.Layer):
         # the solver integrates in float32 (API.md): hand back the state dtype.
         return tf.cast(out, h.dtype)
 
+    @tf.autograph.experimental.do_not_convert
     def call(self, inputs, t=None, training=None):
         times = tf.constant(self.t, dtype=_time_dtype(inputs.dtype)) if t is None else t
         options = dict(

@@ -74,6 +74,7 @@ def _write_due_outputs(ys, out_index, t_out, num_out, t1, value_at):
     )
 
 
+@tf.autograph.experimental.do_not_convert
 def integrate(
     func, y0, t_out, *, tableau, rtol, atol, max_num_steps,
     first_step=None, step_size=None, norm_groups=None, initial_status=None,
