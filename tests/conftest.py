@@ -11,7 +11,7 @@ import tensorflow as tf  # noqa: E402
 
 # TF32 would silently lower float32 matmul precision on Ampere GPUs and make
 # tolerance-based assertions flaky there.
-tf.config.experimental.enable_tensor_float32_execution(False)
+tf.config.experimental.enable_tensor_float_32_execution(False)
 
 REGIMES = ("eager", "function", "xla")
 
