@@ -341,6 +341,8 @@ class _Backward:
         # Cotangents per anchor: zero at checkpoints that are not outputs.
         self.grads_all = [tf.scatter_nd(self.positions[:, None], g, tf.shape(y))
                           for g, y in zip(output_grads, self.ys_all)]
+        self.is_output = tf.scatter_nd(self.positions[:, None], tf.ones_like(self.positions),
+                                       tf.shape(self.tau_all)) > 0
         self.aug_func = _augmented_dynamics(self.func, self.n, self.variables, self.dtype)
         num_params = sum(v.shape.num_elements() for v in self.variables)
         self.params0 = (tf.zeros([num_params], self.dtype),) if self.variables else ()
@@ -350,12 +352,22 @@ class _Backward:
             self.groups.append([2 * self.n])
 
     def at_anchor(self, i, a):
-        """State [z_i, a + dL/dy_i] at anchor i, and dL/dtau_i (direct part)."""
+        """State [z_i, a + dL/dy_i] at anchor i, dL/dtau_i (direct part) and
+        the evaluations that cost (f is only needed at output anchors)."""
         z = tuple(tf.gather(y, i) for y in self.ys_all)
         g = [tf.gather(grads, i) for grads in self.grads_all]
-        f = self.func(tf.gather(self.tau_all, i), z)
-        t_grad = tf.add_n([tf.reduce_sum(gi * fi) for gi, fi in zip(g, f)])
-        return z, tuple(ai + gi for ai, gi in zip(a, g)), t_grad
+
+        def time_grad():
+            f = self.func(tf.gather(self.tau_all, i), z)
+            return tf.add_n([tf.reduce_sum(gi * fi) for gi, fi in zip(g, f)])
+
+        if self.settings.checkpoints:
+            is_output = tf.gather(self.is_output, i)
+            t_grad = tf.cond(is_output, time_grad, lambda: tf.zeros([], self.dtype))
+            cost = tf.cast(is_output, tf.int32)
+        else:
+            t_grad, cost = time_grad(), tf.constant(1, tf.int32)
+        return z, tuple(ai + gi for ai, gi in zip(a, g)), t_grad, cost
 
     def sigma(self, i):
         return -tf.stack([tf.gather(self.tau_all, i), tf.gather(self.tau_all, i - 1)])
@@ -367,17 +379,18 @@ class _Backward:
         if not self.settings.tableau.adaptive:
             return tf.zeros([], self.dtype), 0  # unused by fixed-step methods
         last = self.num_anchors - 1
-        z, a, _ = self.at_anchor(last, tuple(tf.zeros_like(y[0]) for y in self.ys_all))
+        z = tuple(tf.gather(y, last) for y in self.ys_all)
+        a = tuple(tf.gather(g, last) for g in self.grads_all)
         x = z + a + self.params0
         sigma0 = self.sigma(last)[0]
         f0 = self.aug_func(sigma0, x)
         dt = step_control.initial_step(self.aug_func, sigma0, x, f0, self.settings.tableau.order,
                                        self.rtol, self.atol, self.groups)
-        return dt, 3
+        return dt, 2
 
     def interval(self, i, a, params, dt, t_grads, counts, status, step_size):
         """Re-anchor at i and solve the augmented ODE back to anchor i - 1."""
-        z, a, t_grad = self.at_anchor(i, a)
+        z, a, t_grad, cost = self.at_anchor(i, a)
         sol = integrate(
             self.aug_func, z + a + params, self.sigma(i), tableau=self.settings.tableau,
             rtol=self.rtol, atol=self.atol, max_num_steps=self.problem.max_num_steps,
@@ -385,7 +398,7 @@ class _Backward:
             clip_to_end=self.settings.tableau.adaptive,
         )
         end = [y[-1] for y in sol.ys]
-        counts = counts + tf.stack([sol.nfe + 1, sol.num_steps, sol.num_rejected])
+        counts = counts + tf.stack([sol.nfe + cost, sol.num_steps, sol.num_rejected])
         status = tf.where(tf.equal(status, 0), sol.status, status)
         return (i - 1, tuple(end[self.n: 2 * self.n]), tuple(end[2 * self.n:]), sol.last_dt,
                 t_grads.write(i, t_grad), counts, status)
