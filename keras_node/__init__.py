@@ -20,6 +20,7 @@ from keras_node.odeint import odeint as odeint  # noqa: E402
 from keras_node.layers.ode_layer import ODELayer as ODELayer  # noqa: E402
 from keras_node import dynamics as dynamics  # noqa: E402
 from keras_node import callbacks as callbacks  # noqa: E402
+from keras_node.diagnostics import check_gradients as check_gradients  # noqa: E402
 from keras_node.solvers.registry import METHODS as METHODS  # noqa: E402
 
 __version__ = "0.1.0"
@@ -30,6 +31,7 @@ __all__ = [
     "METHODS",
     "ODELayer",
     "callbacks",
+    "check_gradients",
     "dynamics",
     "odeint",
     "odeint_adjoint",

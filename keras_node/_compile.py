@@ -51,3 +51,13 @@ def cached_function(func, static_key, build):
         compiled = tf.function(build(), autograph=False)
         per_owner[key] = compiled
     return compiled
+
+
+def lookup(func, static_key):
+    """The compiled function cached for `(func, static_key)`, or None."""
+    owner, func_key = _owner_and_key(func)
+    try:
+        per_owner = _CACHE.get(owner)
+    except TypeError:
+        return None
+    return None if per_owner is None else per_owner.get((func_key, static_key))

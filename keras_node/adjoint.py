@@ -149,11 +149,15 @@ def _solve_with_adjoint(problem, settings, explicit, forward_stats, return_stats
     @tf.custom_gradient
     def solve(*inputs):
         leaves, t_in = inputs[:-1], inputs[-1]
+        args = (leaves, t_in, problem.rtol, problem.atol) + problem.step_arguments()
+        key = ("forward", settings.checkpoints)
         with record.stop_recording():
-            outputs, saved, stats = _run(
-                problem, ("forward", settings.checkpoints), _forward_core(problem, settings),
-                leaves, t_in, problem.rtol, problem.atol, *problem.step_arguments(),
-            )
+            outputs, saved, stats = _run(problem, key, _forward_core(problem, settings), *args)
+        # tf.custom_gradient learns which variables need gradients by watching
+        # reads, but a cached compiled function reads its captured variables
+        # without telling the watcher. Read them here, where it looks.
+        for variable in explicit + _captured_variables(problem, key, args):
+            variable.read_value() if hasattr(variable, "read_value") else variable.value
         forward_stats.update(stats)
 
         def grad_fn(*output_grads, variables=None):
@@ -167,7 +171,6 @@ def _solve_with_adjoint(problem, settings, explicit, forward_stats, return_stats
 
         return outputs, grad_fn
 
-    del explicit  # validated; TensorFlow reports the variables actually read
     outputs = solve(*problem.state.leaves, problem.t)
     ys = problem.pack(outputs)
     return (ys, dict(forward_stats)) if return_stats else ys
@@ -191,6 +194,16 @@ def _explicit_variables(func, variables):
                 f"Received an element of type {type(v).__name__}"
             )
     return variables
+
+
+def _captured_variables(problem, key, args):
+    """Trainable variables the cached eager function for `key` captured."""
+    if not tf.executing_eagerly():
+        return []  # in graphs the reads are visible to tf.custom_gradient
+    compiled = _compile.lookup(problem.func, ("adjoint",) + key + problem.static_key())
+    if compiled is None:  # compiled afresh this call: its trace was watched
+        return []
+    return list(compiled.get_concrete_function(*args).trainable_variables)
 
 
 def _run(problem, key, core, *args):
