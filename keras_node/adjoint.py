@@ -26,7 +26,7 @@ from keras_node import _compile
 from keras_node import _inputs
 from keras_node import _nest
 from keras_node import _status
-from keras_node.odeint import Problem, stats_dict
+from keras_node.odeint import Problem, _where, stats_dict
 from keras_node.solvers import registry
 from keras_node.solvers import step_control
 from keras_node.solvers.integrate import integrate
@@ -72,6 +72,7 @@ def odeint_adjoint(
     first_step=None, step_size=None, max_num_steps=10_000, adjoint_method=None,
     adjoint_rtol=None, adjoint_atol=None, adjoint_seminorm=True,
     adjoint_checkpoints=DEFAULT_CHECKPOINTS, return_stats=False, backward_stats=None,
+    name=None,
 ):
     """Like `keras_node.odeint`, with gradients from the adjoint method.
 
@@ -101,6 +102,7 @@ def odeint_adjoint(
         backward_stats: an optional `keras_node.AdjointStats` that receives
             the backward solve's counts (nfe, num_steps, num_rejected,
             status) whenever the gradient is computed.
+        name: optional name of the solve, used in error messages.
 
     Returns:
         As `keras_node.odeint`.
@@ -115,7 +117,7 @@ def odeint_adjoint(
         first_step=first_step, step_size=step_size, max_num_steps=max_num_steps,
         adjoint_method=adjoint_method, adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol,
         adjoint_seminorm=adjoint_seminorm, adjoint_checkpoints=adjoint_checkpoints,
-        return_stats=return_stats, backward_stats=backward_stats,
+        return_stats=return_stats, backward_stats=backward_stats, name=name,
     )
 
 
@@ -123,7 +125,7 @@ def odeint_adjoint(
 def _odeint_adjoint(
     func, y0, t, *, variables, method, rtol, atol, first_step, step_size, max_num_steps,
     adjoint_method, adjoint_rtol, adjoint_atol, adjoint_seminorm, adjoint_checkpoints,
-    return_stats, backward_stats, nonfinite_gradients="raise",
+    return_stats, backward_stats, name=None, nonfinite_gradients="raise",
 ):
     """`odeint_adjoint` with one more internal switch.
 
@@ -132,7 +134,8 @@ def _odeint_adjoint(
     float16 policy: loss scaling *expects* overflowing gradients now and then
     and recovers by lowering the scale, so raising would break training.
     """
-    problem = Problem(func, y0, t, method, rtol, atol, first_step, step_size, max_num_steps)
+    problem = Problem(func, y0, t, method, rtol, atol, first_step, step_size, max_num_steps,
+                      where=_where("odeint_adjoint", name))
     settings = _BackwardSettings(
         problem, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_seminorm,
         adjoint_checkpoints, backward_stats,
@@ -287,7 +290,7 @@ def _forward_core(problem, settings):
             step_size=_step(step_size), initial_status=initial_status,
         )
         t_reached = solution.t_reached if _inputs.is_plus_one(direction) else solution.t_reached * direction
-        ys_all = _status.guard(list(solution.ys), solution.status, t_reached, "odeint_adjoint",
+        ys_all = _status.guard(list(solution.ys), solution.status, t_reached, problem.where,
                                problem.max_num_steps)
         outputs = [tf.gather(y, positions) for y in ys_all]
         saved = (ys_all, tau_all, positions, t)
@@ -444,7 +447,7 @@ class _Backward:
             status = tf.where(tf.equal(status, _status.NON_FINITE), _status.SUCCESS, status)
             flat = [tf.where(tf.equal(status, 0), x, float("nan")) for x in flat]
         flat = _status.guard(flat, status, tf.constant(float("nan"), self.dtype),
-                             "odeint_adjoint backward pass", self.problem.max_num_steps)
+                             self.problem.where + " backward pass", self.problem.max_num_steps)
         flat = _record_stats(self.settings.stats, flat, counts[0] + 1, counts[1], counts[2], status)
         return flat[: self.n], flat[self.n], flat[self.n + 1:]
 

@@ -14,7 +14,7 @@ from keras_node.solvers.integrate import integrate
 @tf.autograph.experimental.do_not_convert
 def odeint(
     func, y0, t, *, method="dopri5", rtol=1e-3, atol=1e-6, first_step=None,
-    step_size=None, max_num_steps=10_000, return_stats=False,
+    step_size=None, max_num_steps=10_000, return_stats=False, name=None,
 ):
     """Integrate `dy/dt = func(t, y)` from `y(t[0]) = y0` and return y at every `t`.
 
@@ -44,6 +44,7 @@ def odeint(
         max_num_steps: bound on attempted steps (accepted and rejected).
         return_stats: also return a dict of int32 scalars `nfe`, `num_steps`,
             `num_rejected`, `status` (0 = success).
+        name: optional name of the solve, used in error messages.
 
     Returns:
         `ys` with y0's structure, each leaf with a leading time axis of
@@ -63,7 +64,8 @@ def odeint(
     >>> float(ys[-1, 0])  # exp(-1)
     0.3678...
     """
-    problem = Problem(func, y0, t, method, rtol, atol, first_step, step_size, max_num_steps)
+    problem = Problem(func, y0, t, method, rtol, atol, first_step, step_size, max_num_steps,
+                      where=_where("odeint", name))
     leaves, stats = problem.run()
     ys = problem.pack(leaves)
     return (ys, stats) if return_stats else ys
@@ -72,8 +74,10 @@ def odeint(
 class Problem:
     """Validated arguments of one `odeint` call and how to run its core."""
 
-    def __init__(self, func, y0, t, method, rtol, atol, first_step, step_size, max_num_steps):
+    def __init__(self, func, y0, t, method, rtol, atol, first_step, step_size, max_num_steps,
+                 where="odeint"):
         self.func = func
+        self.where = where
         self.tableau = registry.get_tableau(method)
         self.state = _inputs.flatten_state(y0)
         self.t, self.direction = _inputs.times(t, self.state.solve_dtype)
@@ -86,7 +90,7 @@ class Problem:
 
     def static_key(self):
         return (
-            self.tableau.name, self.direction, self.max_num_steps,
+            self.tableau.name, self.direction, self.max_num_steps, self.where,
             self.first_step is None, self.step_size is None,
             tf.nest.map_structure(lambda _: None, self.state.structure),
         )
@@ -124,12 +128,17 @@ class Problem:
             initial_status=initial_status,
         )
         t_reached = solution.t_reached if forward else solution.t_reached * direction
-        ys = _status.guard(list(solution.ys), solution.status, t_reached, "odeint", self.max_num_steps)
+        ys = _status.guard(list(solution.ys), solution.status, t_reached, self.where, self.max_num_steps)
         return ys, stats_dict(solution)
 
     def pack(self, leaves):
         leaves = [tf.cast(y, self.state.dtype) for y in leaves]
         return tf.nest.pack_sequence_as(self.state.structure, leaves)
+
+
+def _where(function_name, name):
+    """How error messages name a solve: `odeint` or `odeint ('my_layer')`."""
+    return function_name if name is None else f"{function_name} ({name})"
 
 
 def stats_dict(solution):

@@ -165,6 +165,7 @@ class ODELayer(keras.layers.Layer):
         options = dict(
             method=self.method, rtol=self.rtol, atol=self.atol, first_step=self.first_step,
             step_size=self.step_size, max_num_steps=self.max_num_steps, return_stats=True,
+            name=f"ODELayer {self.name!r}",
         )
         if self.gradient == "adjoint":
             ys, stats = _odeint_adjoint(
