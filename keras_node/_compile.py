@@ -16,6 +16,8 @@ import weakref
 
 import tensorflow as tf
 
+from keras_node import _status
+
 _CACHE = weakref.WeakKeyDictionary()
 
 
@@ -33,7 +35,7 @@ def _owner_and_key(func):
     return func, ("function", tuple(captured))
 
 
-def cached_function(func, static_key, build):
+def cached_function(func, static_key, build, jit_compile=False):
     """Return the compiled function for `(func, static_key)`.
 
     `build()` returns the Python function to compile; it is called only on a
@@ -41,23 +43,37 @@ def cached_function(func, static_key, build):
     be weakly referenced.
     """
     owner, func_key = _owner_and_key(func)
-    key = (func_key, static_key)
+    key = (func_key, static_key, jit_compile)
     try:
         per_owner = _CACHE.setdefault(owner, {})
     except TypeError:  # not weak-referenceable
-        return tf.function(build(), autograph=False)
+        return tf.function(build(), autograph=False, jit_compile=jit_compile)
     compiled = per_owner.get(key)
     if compiled is None:
-        compiled = tf.function(build(), autograph=False)
+        compiled = tf.function(build(), autograph=False, jit_compile=jit_compile)
         per_owner[key] = compiled
     return compiled
 
 
-def lookup(func, static_key):
+def lookup(func, static_key, jit_compile=False):
     """The compiled function cached for `(func, static_key)`, or None."""
     owner, func_key = _owner_and_key(func)
     try:
         per_owner = _CACHE.get(owner)
     except TypeError:
         return None
-    return None if per_owner is None else per_owner.get((func_key, static_key))
+    return None if per_owner is None else per_owner.get((func_key, static_key, jit_compile))
+
+
+def run(func, static_key, core, args, jit_compile):
+    """Run `core(*args)` the way the calling context wants it.
+
+    Eagerly: through the cached compiled function. Inside a graph: inline,
+    or, with `jit_compile`, as a nested XLA-compiled function (unless the
+    graph is already being compiled by XLA).
+    """
+    if tf.executing_eagerly():
+        return cached_function(func, static_key, lambda: core, jit_compile)(*args)
+    if jit_compile and not _status.in_xla_context():
+        return tf.function(core, autograph=False, jit_compile=True)(*args)
+    return core(*args)

@@ -52,6 +52,12 @@ def guard(outputs, status, t_reached, where, max_num_steps):
     replaced with NaN. `outputs` is a flat list of tensors; `where` names the
     caller (e.g. "odeint", "odeint_adjoint backward pass").
     """
+    if tf.executing_eagerly():
+        code = int(status)
+        if code != SUCCESS:
+            raise tf.errors.InvalidArgumentError(None, None, _message(code, where, max_num_steps)
+                                                 + f". Time reached: t = {float(t_reached):.6g}")
+        return list(outputs)
     failed = tf.not_equal(status, SUCCESS)
     if in_xla_context():
         return [
@@ -59,8 +65,8 @@ def guard(outputs, status, t_reached, where, max_num_steps):
             for x in outputs
         ]
     checks = []
-    for code, message in MESSAGES.items():
-        text = f"keras_node {where} failed: " + message.format(max_num_steps=max_num_steps)
+    for code in MESSAGES:
+        text = _message(code, where, max_num_steps)
         checks.append(
             tf.debugging.Assert(
                 tf.not_equal(status, code), [text + ". Time reached: t =", t_reached], summarize=1
@@ -68,3 +74,7 @@ def guard(outputs, status, t_reached, where, max_num_steps):
         )
     with tf.control_dependencies(checks):
         return [tf.identity(x) for x in outputs]
+
+
+def _message(code, where, max_num_steps):
+    return f"keras_node {where} failed: " + MESSAGES[code].format(max_num_steps=max_num_steps)

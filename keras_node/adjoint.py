@@ -72,7 +72,7 @@ def odeint_adjoint(
     first_step=None, step_size=None, max_num_steps=10_000, adjoint_method=None,
     adjoint_rtol=None, adjoint_atol=None, adjoint_seminorm=True,
     adjoint_checkpoints=DEFAULT_CHECKPOINTS, return_stats=False, backward_stats=None,
-    name=None,
+    jit_compile="auto", name=None,
 ):
     """Like `keras_node.odeint`, with gradients from the adjoint method.
 
@@ -102,6 +102,8 @@ def odeint_adjoint(
         backward_stats: an optional `keras_node.AdjointStats` that receives
             the backward solve's counts (nfe, num_steps, num_rejected,
             status) whenever the gradient is computed.
+        jit_compile: as for `keras_node.odeint`; applies to the forward
+            and the backward solve.
         name: optional name of the solve, used in error messages.
 
     Returns:
@@ -117,7 +119,8 @@ def odeint_adjoint(
         first_step=first_step, step_size=step_size, max_num_steps=max_num_steps,
         adjoint_method=adjoint_method, adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol,
         adjoint_seminorm=adjoint_seminorm, adjoint_checkpoints=adjoint_checkpoints,
-        return_stats=return_stats, backward_stats=backward_stats, name=name,
+        return_stats=return_stats, backward_stats=backward_stats, jit_compile=jit_compile,
+        name=name,
     )
 
 
@@ -125,7 +128,7 @@ def odeint_adjoint(
 def _odeint_adjoint(
     func, y0, t, *, variables, method, rtol, atol, first_step, step_size, max_num_steps,
     adjoint_method, adjoint_rtol, adjoint_atol, adjoint_seminorm, adjoint_checkpoints,
-    return_stats, backward_stats, name=None, nonfinite_gradients="raise",
+    return_stats, backward_stats, jit_compile="auto", name=None, nonfinite_gradients="raise",
 ):
     """`odeint_adjoint` with one more internal switch.
 
@@ -135,7 +138,7 @@ def _odeint_adjoint(
     and recovers by lowering the scale, so raising would break training.
     """
     problem = Problem(func, y0, t, method, rtol, atol, first_step, step_size, max_num_steps,
-                      where=_where("odeint_adjoint", name))
+                      where=_where("odeint_adjoint", name), jit_compile=jit_compile)
     settings = _BackwardSettings(
         problem, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_seminorm,
         adjoint_checkpoints, backward_stats,
@@ -155,7 +158,11 @@ def _solve_with_adjoint(problem, settings, explicit, forward_stats, return_stats
         args = (leaves, t_in, problem.rtol, problem.atol) + problem.step_arguments()
         key = ("forward", settings.checkpoints)
         with record.stop_recording():
-            outputs, saved, stats = _run(problem, key, _forward_core(problem, settings), *args)
+            outputs, saved, stats, t_reached = _run(problem, key, _forward_core(problem, settings), args)
+            n = len(outputs)
+            guarded = _status.guard(outputs + saved[0], stats["status"], t_reached, problem.where,
+                                    problem.max_num_steps)
+            outputs, saved = guarded[:n], (guarded[n:],) + saved[1:]
         # tf.custom_gradient learns which variables need gradients by watching
         # reads, but a cached compiled function reads its captured variables
         # without telling the watcher. Read them here, where it looks.
@@ -165,12 +172,12 @@ def _solve_with_adjoint(problem, settings, explicit, forward_stats, return_stats
 
         def grad_fn(*output_grads, variables=None):
             watched = list(variables or [])
-            grads_y0, grad_t, grads_vars = _run(
-                problem, ("backward", settings.key()), _backward_core(problem, settings),
-                saved, [_dense(g, o) for g, o in zip(output_grads, outputs)], watched,
-                settings.rtol, settings.atol, *problem.step_arguments(),
-            )
-            return list(grads_y0) + [grad_t], list(grads_vars)
+            cotangents = [_dense(g, o) for g, o in zip(output_grads, outputs)]
+            args = (saved, cotangents, watched, settings.rtol, settings.atol) + problem.step_arguments()
+            flat, counts, status = _run(problem, ("backward", settings.key()),
+                                        _backward_core(problem, settings), args)
+            flat = _finish_backward(problem, settings, flat, counts, status)
+            return flat[:n] + [flat[n]], flat[n + 1:]
 
         return outputs, grad_fn
 
@@ -203,19 +210,18 @@ def _captured_variables(problem, key, args):
     """Trainable variables the cached eager function for `key` captured."""
     if not tf.executing_eagerly():
         return []  # in graphs the reads are visible to tf.custom_gradient
-    compiled = _compile.lookup(problem.func, ("adjoint",) + key + problem.static_key())
+    compiled = _compile.lookup(problem.func, ("adjoint",) + key + problem.static_key(),
+                               problem.jit_compile)
     if compiled is None:  # compiled afresh this call: its trace was watched
         return []
     return list(compiled.get_concrete_function(*args).trainable_variables)
 
 
-def _run(problem, key, core, *args):
-    """Run `core` directly in graphs, through a cached tf.function eagerly."""
-    if not tf.executing_eagerly():
-        return core(*args)
-    compiled = _compile.cached_function(problem.func, ("adjoint",) + key + problem.static_key(),
-                                        lambda: core)
-    return compiled(*args)
+def _run(problem, key, core, args):
+    """Run a core inline in graphs, compiled and cached eagerly, under XLA
+    when the problem's `jit_compile` says so."""
+    return _compile.run(problem.func, ("adjoint",) + key + problem.static_key(), core, args,
+                        problem.jit_compile)
 
 
 class _BackwardSettings:
@@ -290,11 +296,10 @@ def _forward_core(problem, settings):
             step_size=_step(step_size), initial_status=initial_status,
         )
         t_reached = solution.t_reached if _inputs.is_plus_one(direction) else solution.t_reached * direction
-        ys_all = _status.guard(list(solution.ys), solution.status, t_reached, problem.where,
-                               problem.max_num_steps)
+        ys_all = list(solution.ys)
         outputs = [tf.gather(y, positions) for y in ys_all]
         saved = (ys_all, tau_all, positions, t)
-        return outputs, saved, stats_dict(solution)
+        return outputs, saved, stats_dict(solution), t_reached
 
     return core
 
@@ -434,22 +439,26 @@ class _Backward:
         return self.finish(a, params, t_grads, counts, status)
 
     def finish(self, a, params, t_grads, counts, status):
-        """Gradients for y0, t and the variables, guarded by the status."""
+        """Flat gradients for y0, t and the variables, the counts, the status."""
         f0 = self.func(self.tau_all[0], tuple(y[0] for y in self.ys_all))
         t_grads = t_grads.write(0, -tf.add_n([tf.reduce_sum(ai * fi) for ai, fi in zip(a, f0)]))
         grads_y0 = [ai + g[0] for ai, g in zip(a, self.grads_all)]
         grad_tau = tf.gather(t_grads.stack(), self.positions)
         grad_t = grad_tau if _inputs.is_plus_one(self.direction) else grad_tau * self.direction
         grads_vars = _unflatten_parameters(params[0], self.variables) if self.variables else []
-        flat = grads_y0 + [grad_t] + grads_vars
-        if self.settings.nonfinite_gradients == "nan":
-            # Let overflow reach the loss-scale optimizer as NaN gradients.
-            status = tf.where(tf.equal(status, _status.NON_FINITE), _status.SUCCESS, status)
-            flat = [tf.where(tf.equal(status, 0), x, float("nan")) for x in flat]
-        flat = _status.guard(flat, status, tf.constant(float("nan"), self.dtype),
-                             self.problem.where + " backward pass", self.problem.max_num_steps)
-        flat = _record_stats(self.settings.stats, flat, counts[0] + 1, counts[1], counts[2], status)
-        return flat[: self.n], flat[self.n], flat[self.n + 1:]
+        counts = counts + tf.constant([1, 0, 0], tf.int32)
+        return grads_y0 + [grad_t] + grads_vars, counts, status
+
+
+def _finish_backward(problem, settings, flat, counts, status):
+    """Record the backward counts, then fail loudly (or NaN) on a bad status."""
+    if settings.nonfinite_gradients == "nan":
+        # Let overflow reach the loss-scale optimizer as NaN gradients.
+        status = tf.where(tf.equal(status, _status.NON_FINITE), _status.SUCCESS, status)
+        flat = [tf.where(tf.equal(status, 0), x, float("nan")) for x in flat]
+    flat = _record_stats(settings.stats, list(flat), counts[0], counts[1], counts[2], status)
+    return _status.guard(flat, status, tf.constant(float("nan"), flat[0].dtype),
+                         problem.where + " backward pass", problem.max_num_steps)
 
 
 def _backward_core(problem, settings):
@@ -462,6 +471,11 @@ def _backward_core(problem, settings):
 
 def _record_stats(stats, flat, nfe, steps, rejected, status):
     if stats is None:
+        return flat
+    if tf.executing_eagerly():
+        for variable, value in zip((stats.nfe, stats.num_steps, stats.num_rejected, stats.status),
+                                   (nfe, steps, rejected, status)):
+            variable.assign(value)
         return flat
     updates = [stats.nfe.assign(nfe), stats.num_steps.assign(steps),
                stats.num_rejected.assign(rejected), stats.status.assign(status)]

@@ -1,10 +1,12 @@
 """`keras_node.odeint`: solve an ODE and differentiate through the solver."""
 
 import tensorflow as tf
+from tensorflow.python.eager import record
 
 from keras_node import _compile
 from keras_node import _inputs
 from keras_node import _status
+from keras_node import _xla
 from keras_node.solvers import registry
 from keras_node.solvers.integrate import integrate
 
@@ -14,7 +16,7 @@ from keras_node.solvers.integrate import integrate
 @tf.autograph.experimental.do_not_convert
 def odeint(
     func, y0, t, *, method="dopri5", rtol=1e-3, atol=1e-6, first_step=None,
-    step_size=None, max_num_steps=10_000, return_stats=False, name=None,
+    step_size=None, max_num_steps=10_000, return_stats=False, jit_compile="auto", name=None,
 ):
     """Integrate `dy/dt = func(t, y)` from `y(t[0]) = y0` and return y at every `t`.
 
@@ -44,6 +46,10 @@ def odeint(
         max_num_steps: bound on attempted steps (accepted and rejected).
         return_stats: also return a dict of int32 scalars `nfe`, `num_steps`,
             `num_rejected`, `status` (0 = success).
+        jit_compile: compile the solver loop with XLA: `True`, `False`, or
+            `"auto"` (default: when every op of `func` has an XLA kernel,
+            else without XLA and a one-time warning). Inside a function that
+            is already XLA-compiled this changes nothing.
         name: optional name of the solve, used in error messages.
 
     Returns:
@@ -65,7 +71,7 @@ def odeint(
     0.3678...
     """
     problem = Problem(func, y0, t, method, rtol, atol, first_step, step_size, max_num_steps,
-                      where=_where("odeint", name))
+                      where=_where("odeint", name), jit_compile=jit_compile)
     leaves, stats = problem.run()
     ys = problem.pack(leaves)
     return (ys, stats) if return_stats else ys
@@ -75,7 +81,7 @@ class Problem:
     """Validated arguments of one `odeint` call and how to run its core."""
 
     def __init__(self, func, y0, t, method, rtol, atol, first_step, step_size, max_num_steps,
-                 where="odeint"):
+                 where="odeint", jit_compile="auto"):
         self.func = func
         self.where = where
         self.tableau = registry.get_tableau(method)
@@ -87,6 +93,11 @@ class Problem:
         self.first_step = _inputs.positive_scalar_or_none(first_step, "first_step")
         self.step_size = _inputs.positive_scalar_or_none(step_size, "step_size")
         self.max_num_steps = _inputs.max_steps(max_num_steps)
+        self.jit_compile_option = _xla.validate(jit_compile)
+        self.jit_compile = _xla.resolve(
+            jit_compile, _inputs.normalized_func(func, self.state, self.direction or 1.0),
+            self.state.leaves, self.state.solve_dtype, where,
+        )
 
     def static_key(self):
         return (
@@ -103,15 +114,36 @@ class Problem:
         )
 
     def run(self):
-        """Solve, compiled and cached when called eagerly."""
+        """Solve (compiled and cached when called eagerly); raise on failure."""
         args = (self.state.leaves, self.t, self.rtol, self.atol) + self.step_arguments()
-        if not tf.executing_eagerly():
-            return self.core(*args)
-        compiled = _compile.cached_function(self.func, ("odeint",) + self.static_key(), lambda: self.core)
-        return compiled(*args)
+        ys, stats, t_reached = _compile.run(
+            self.func, ("odeint",) + self.static_key(), self.core, args, self._jit_for_backprop()
+        )
+        ys = _status.guard(ys, stats["status"], t_reached, self.where, self.max_num_steps)
+        return ys, stats
+
+    def _jit_for_backprop(self):
+        """XLA for a solve that gradients may flow through.
+
+        A gradient taken outside an XLA-compiled solver loop needs the loop's
+        intermediate TensorLists to leave XLA, which TensorFlow does not
+        support. So while a gradient tape records, `"auto"` runs the loop
+        without XLA (use `odeint_adjoint`, or compile the whole training step
+        with `jit_compile=True`), and `True` is an error.
+        """
+        if not self.jit_compile or _status.in_xla_context() or not record.could_possibly_record():
+            return self.jit_compile
+        if self.jit_compile_option is True:
+            raise ValueError(
+                f"{self.where}: jit_compile=True cannot be combined with gradients through the "
+                "solver taken outside the compiled function. Use odeint_adjoint, compile the "
+                "whole training step with jit_compile=True, or pass jit_compile=\"auto\"."
+            )
+        return False
 
     def core(self, leaves, t, rtol, atol, first_step, step_size):
-        """The whole solve on tensors: direction, integrate, guard."""
+        """The whole solve on tensors: direction, integrate. Returns the
+        outputs, the stats and the time reached (for error messages)."""
         direction = self.direction
         initial_status = None
         if direction is None:
@@ -128,8 +160,7 @@ class Problem:
             initial_status=initial_status,
         )
         t_reached = solution.t_reached if forward else solution.t_reached * direction
-        ys = _status.guard(list(solution.ys), solution.status, t_reached, self.where, self.max_num_steps)
-        return ys, stats_dict(solution)
+        return list(solution.ys), stats_dict(solution), t_reached
 
     def pack(self, leaves):
         leaves = [tf.cast(y, self.state.dtype) for y in leaves]

@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_node import _inputs
+from keras_node import _xla
 from keras_node.adjoint import DEFAULT_CHECKPOINTS, _odeint_adjoint
 from keras_node.odeint import odeint
 from keras_node.solvers import registry
@@ -45,6 +46,10 @@ class ODELayer(keras.layers.Layer):
             raises `tf.errors.InvalidArgumentError` (NaN outputs under XLA).
         adjoint_seminorm: see `keras_node.odeint_adjoint`.
         adjoint_checkpoints: see `keras_node.odeint_adjoint`.
+        jit_compile: compile the solver loops with XLA: `"auto"` (default:
+            when the dynamics' ops all have XLA kernels), `True` or `False`.
+            Independent of `model.compile(jit_compile=...)`, which compiles
+            the whole training step.
         **kwargs: standard Keras layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -82,7 +87,7 @@ class ODELayer(keras.layers.Layer):
         self, dynamics, t=(0.0, 1.0), *, method="dopri5", rtol=1e-3, atol=1e-6,
         gradient="adjoint", return_sequences=False, first_step=None, step_size=None,
         max_num_steps=10_000, adjoint_seminorm=True, adjoint_checkpoints=DEFAULT_CHECKPOINTS,
-        **kwargs,
+        jit_compile="auto", **kwargs,
     ):
         super().__init__(**kwargs)
         if not isinstance(dynamics, keras.layers.Layer):
@@ -117,6 +122,7 @@ class ODELayer(keras.layers.Layer):
             )
         self.adjoint_seminorm = adjoint_seminorm
         self.adjoint_checkpoints = int(adjoint_checkpoints)
+        self.jit_compile = _xla.validate(jit_compile)
         self._time_dependent = _takes_time(dynamics)
         self._counters = None
 
@@ -165,7 +171,7 @@ class ODELayer(keras.layers.Layer):
         options = dict(
             method=self.method, rtol=self.rtol, atol=self.atol, first_step=self.first_step,
             step_size=self.step_size, max_num_steps=self.max_num_steps, return_stats=True,
-            name=f"ODELayer {self.name!r}",
+            name=f"ODELayer {self.name!r}", jit_compile=self.jit_compile,
         )
         if self.gradient == "adjoint":
             ys, stats = _odeint_adjoint(
@@ -217,7 +223,7 @@ class ODELayer(keras.layers.Layer):
             gradient=self.gradient, return_sequences=self.return_sequences,
             first_step=self.first_step, step_size=self.step_size,
             max_num_steps=self.max_num_steps, adjoint_seminorm=self.adjoint_seminorm,
-            adjoint_checkpoints=self.adjoint_checkpoints,
+            adjoint_checkpoints=self.adjoint_checkpoints, jit_compile=self.jit_compile,
         )
         return config
 

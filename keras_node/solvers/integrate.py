@@ -57,12 +57,17 @@ def _static_or_dynamic_length(t_out):
     return static if static is not None else tf.shape(t_out)[0]
 
 
-def _write_due_outputs(ys, out_index, t_out, num_out, t1, value_at):
-    """Write every output whose time is <= t1, from `value_at(time)`."""
+def _write_due_outputs(ys, out_index, t_out, num_out, t1, value_at, allowed=True, max_writes=None):
+    """Write every output whose time is <= t1 (if `allowed`), from `value_at(time)`.
+
+    A while loop rather than a `tf.cond`: XLA cannot differentiate a cond
+    nested in the solver loop (its gradient needs `FakeParam`), while a loop
+    that runs zero times costs nothing and differentiates fine.
+    """
     last = num_out - 1
 
     def due(j, _):
-        return (j < num_out) & (tf.gather(t_out, tf.minimum(j, last)) <= t1)
+        return allowed & (j < num_out) & (tf.gather(t_out, tf.minimum(j, last)) <= t1)
 
     def write(j, arrays):
         values = value_at(tf.gather(t_out, j))
@@ -70,7 +75,7 @@ def _write_due_outputs(ys, out_index, t_out, num_out, t1, value_at):
 
     return tf.while_loop(
         due, write, (out_index, ys),
-        maximum_iterations=num_out if isinstance(num_out, int) else None,
+        maximum_iterations=max_writes or (num_out if isinstance(num_out, int) else None),
     )
 
 
@@ -143,7 +148,7 @@ def integrate(
     def body(s):
         if tableau.adaptive:
             return _adaptive_step(s, func, t_out, num_out, tableau, rtol, atol, norm_groups, clip_to_end)
-        return _fixed_step(s, func, t_out, tableau, step_size)
+        return _fixed_step(s, func, t_out, num_out, tableau, step_size)
 
     final = tf.while_loop(keep_going, body, (state,), maximum_iterations=max_num_steps)[0]
     unfinished = (final.out_index < num_out) & tf.equal(final.status, _status.SUCCESS)
@@ -166,16 +171,11 @@ def _adaptive_step(s, func, t_out, num_out, tableau, rtol, atol, norm_groups, cl
     ratio = step_control.error_ratio(y_error, s.y, y1, rtol, atol, norm_groups)
     accept = ratio <= 1.0  # False for NaN: a non-finite step is a rejected step
     t1 = s.t + dt
-    next_due = tf.gather(t_out, tf.minimum(s.out_index, num_out - 1)) <= t1
-
-    def write_outputs():
-        coefficients = interpolation.fit(s.y, y1, s.f, f1, dt, k, tableau.c_mid)
-        return _write_due_outputs(
-            s.ys, s.out_index, t_out, num_out, t1,
-            lambda t: interpolation.evaluate(coefficients, (t - s.t) / dt),
-        )
-
-    out_index, ys = tf.cond(accept & next_due, write_outputs, lambda: (s.out_index, s.ys))
+    coefficients = interpolation.fit(s.y, y1, s.f, f1, dt, k, tableau.c_mid)
+    out_index, ys = _write_due_outputs(
+        s.ys, s.out_index, t_out, num_out, t1,
+        lambda t: interpolation.evaluate(coefficients, (t - s.t) / dt), allowed=accept,
+    )
     t_new = tf.where(accept, t1, s.t)
     y_new = _nest.where(accept, y1, s.y)
     f_new = _nest.where(accept, f1, s.f)
@@ -203,7 +203,7 @@ def _adaptive_step(s, func, t_out, num_out, tableau, rtol, atol, norm_groups, cl
     )
 
 
-def _fixed_step(s, func, t_out, tableau, step_size):
+def _fixed_step(s, func, t_out, num_out, tableau, step_size):
     """One step of a fixed-step method, shortened to land on the next output."""
     target = tf.gather(t_out, s.out_index)
     remaining = target - s.t
@@ -218,11 +218,8 @@ def _fixed_step(s, func, t_out, tableau, step_size):
         dt = tf.where(lands, remaining, s.dt)
     y1, f1, _, _ = rk_step(func, s.t, s.y, s.f, dt, tableau)
     t1 = tf.where(lands, target, s.t + dt)
-    out_index, ys = tf.cond(
-        lands,
-        lambda: (s.out_index + 1, tuple(ta.write(s.out_index, v) for ta, v in zip(s.ys, y1))),
-        lambda: (s.out_index, s.ys),
-    )
+    out_index, ys = _write_due_outputs(s.ys, s.out_index, t_out, num_out, t1,
+                                       lambda _: y1, allowed=lands, max_writes=1)
     finite = _nest.all_finite(y1 + f1)
     return (
         _LoopState(

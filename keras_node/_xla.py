@@ -1,0 +1,77 @@
+"""The `jit_compile` option: decide whether a solve's loop runs under XLA.
+
+`True` always compiles the solver loop with XLA, `False` never does, and
+`"auto"` (the default) compiles when every op the dynamics use has an XLA
+kernel, falling back to a plain graph with a one-time warning otherwise.
+The check traces the dynamics once per function and state signature.
+"""
+
+import warnings
+import weakref
+
+import tensorflow as tf
+from tensorflow.python.framework import kernels
+
+OPTIONS = (True, False, "auto")
+_XLA_DEVICE = "XLA_CPU_JIT"
+_SUPPORT = weakref.WeakKeyDictionary()
+_WARNED = set()
+# Graph plumbing with no kernel of its own: XLA handles these structurally.
+_STRUCTURAL = {"Placeholder", "_Arg", "_Retval", "NoOp", "PartitionedCall",
+               "StatefulPartitionedCall", "Identity", "IdentityN"}
+
+
+def validate(jit_compile):
+    """Raise a ValueError unless `jit_compile` is True, False or "auto"."""
+    if not (jit_compile is True or jit_compile is False or jit_compile == "auto"):
+        raise ValueError(
+            f'jit_compile must be True, False or "auto". Received: jit_compile={jit_compile!r}'
+        )
+    return jit_compile
+
+
+def resolve(jit_compile, func, leaves, t_dtype, where):
+    """The effective bool for a solve of `func` on `leaves`."""
+    if jit_compile != "auto":
+        return jit_compile
+    unsupported = _unsupported_ops(func, leaves, t_dtype)
+    if unsupported and where not in _WARNED:
+        _WARNED.add(where)
+        warnings.warn(
+            f"keras_node {where}: the dynamics use ops XLA cannot compile "
+            f"({', '.join(sorted(unsupported))}); running the solver loop without XLA. "
+            "Pass jit_compile=False to silence this warning.",
+            stacklevel=4,
+        )
+    return not unsupported
+
+
+def _unsupported_ops(func, leaves, t_dtype):
+    specs = tuple(tf.TensorSpec(leaf.shape, leaf.dtype) for leaf in leaves)
+    key = (specs, t_dtype)
+    try:
+        per_func = _SUPPORT.setdefault(getattr(func, "__self__", func), {})
+    except TypeError:
+        per_func = {}
+    if key not in per_func:
+        traced = tf.function(lambda t, y: func(t, y), autograph=False)
+        graph = traced.get_concrete_function(tf.TensorSpec([], t_dtype), specs).graph
+        per_func[key] = frozenset(op for op in _op_types(graph.as_graph_def()) if not _has_xla_kernel(op))
+    return per_func[key]
+
+
+def _op_types(graph_def):
+    types = {node.op for node in graph_def.node}
+    for function in graph_def.library.function:
+        types.update(node.op for node in function.node_def)
+    return types
+
+
+def _has_xla_kernel(op_type):
+    if op_type in _STRUCTURAL:
+        return True
+    try:
+        registered = kernels.get_registered_kernels_for_op(op_type)
+    except Exception:  # noqa: BLE001 - an unknown op is simply unsupported
+        return False
+    return any(kernel.device_type == _XLA_DEVICE for kernel in registered.kernel)
