@@ -103,7 +103,7 @@ class Problem:
         return (
             self.tableau.name, self.direction, self.max_num_steps, self.where,
             self.first_step is None, self.step_size is None,
-            tf.nest.map_structure(lambda _: None, self.state.structure),
+            repr(tf.nest.map_structure(lambda _: None, self.state.structure)),
         )
 
     def step_arguments(self):
