@@ -174,9 +174,9 @@ def _solve_with_adjoint(problem, settings, explicit, forward_stats, return_stats
             watched = list(variables or [])
             cotangents = [_dense(g, o) for g, o in zip(output_grads, outputs)]
             args = (saved, cotangents, watched, settings.rtol, settings.atol) + problem.step_arguments()
-            flat, counts, status = _run(problem, ("backward", settings.key()),
-                                        _backward_core(problem, settings), args)
-            flat = _finish_backward(problem, settings, flat, counts, status)
+            flat, counts, status, t_reached = _run(problem, ("backward", settings.key()),
+                                                   _backward_core(problem, settings), args)
+            flat = _finish_backward(problem, settings, flat, counts, status, t_reached)
             return flat[:n] + [flat[n]], flat[n + 1:]
 
         return outputs, grad_fn
@@ -409,7 +409,7 @@ class _Backward:
                                        self.rtol, self.atol, self.groups)
         return dt, 2
 
-    def interval(self, i, a, params, dt, t_grads, counts, status, step_size):
+    def interval(self, i, a, params, dt, t_grads, counts, status, t_reached, step_size):
         """Re-anchor at i and solve the augmented ODE back to anchor i - 1."""
         z, a, t_grad, cost = self.at_anchor(i, a)
         sol = integrate(
@@ -420,23 +420,27 @@ class _Backward:
         )
         end = [y[-1] for y in sol.ys]
         counts = counts + tf.stack([sol.nfe + cost, sol.num_steps, sol.num_rejected])
+        failed_now = tf.equal(status, 0) & tf.not_equal(sol.status, 0)
+        t_reached = tf.where(failed_now, -sol.t_reached, t_reached)
         status = tf.where(tf.equal(status, 0), sol.status, status)
         return (i - 1, tuple(end[self.n: 2 * self.n]), tuple(end[2 * self.n:]), sol.last_dt,
-                t_grads.write(i, t_grad), counts, status)
+                t_grads.write(i, t_grad), counts, status, t_reached)
 
     def run(self, first_step, step_size):
         dt, initial_cost = self.initial_dt(first_step)
         a0 = tuple(tf.zeros_like(y[0]) for y in self.ys_all)
         state = (self.num_anchors - 1, a0, self.params0, dt,
                  tf.TensorArray(self.dtype, size=self.num_anchors),
-                 tf.constant([initial_cost, 0, 0], tf.int32), tf.constant(0, tf.int32))
+                 tf.constant([initial_cost, 0, 0], tf.int32), tf.constant(0, tf.int32),
+                 tf.zeros([], self.dtype))
         bound = self.num_anchors if isinstance(self.num_anchors, int) else None
         state = tf.while_loop(
-            lambda i, *rest: (i >= 1) & tf.equal(rest[-1], 0),
+            lambda i, *rest: (i >= 1) & tf.equal(rest[-2], 0),
             lambda *s: self.interval(*s, step_size), state, maximum_iterations=bound,
         )
-        _, a, params, _, t_grads, counts, status = state
-        return self.finish(a, params, t_grads, counts, status)
+        _, a, params, _, t_grads, counts, status, tau_reached = state
+        t_reached = tau_reached if _inputs.is_plus_one(self.direction) else tau_reached * self.direction
+        return self.finish(a, params, t_grads, counts, status) + (t_reached,)
 
     def finish(self, a, params, t_grads, counts, status):
         """Flat gradients for y0, t and the variables, the counts, the status."""
@@ -450,15 +454,15 @@ class _Backward:
         return grads_y0 + [grad_t] + grads_vars, counts, status
 
 
-def _finish_backward(problem, settings, flat, counts, status):
+def _finish_backward(problem, settings, flat, counts, status, t_reached):
     """Record the backward counts, then fail loudly (or NaN) on a bad status."""
     if settings.nonfinite_gradients == "nan":
         # Let overflow reach the loss-scale optimizer as NaN gradients.
         status = tf.where(tf.equal(status, _status.NON_FINITE), _status.SUCCESS, status)
         flat = [tf.where(tf.equal(status, 0), x, float("nan")) for x in flat]
     flat = _record_stats(settings.stats, list(flat), counts[0], counts[1], counts[2], status)
-    return _status.guard(flat, status, tf.constant(float("nan"), flat[0].dtype),
-                         problem.where + " backward pass", problem.max_num_steps)
+    return _status.guard(flat, status, t_reached, problem.where + " backward pass",
+                         problem.max_num_steps)
 
 
 def _backward_core(problem, settings):

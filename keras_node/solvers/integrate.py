@@ -174,7 +174,10 @@ def _adaptive_step(s, func, t_out, num_out, tableau, rtol, atol, norm_groups, cl
     coefficients = interpolation.fit(s.y, y1, s.f, f1, dt, k, tableau.c_mid)
     out_index, ys = _write_due_outputs(
         s.ys, s.out_index, t_out, num_out, t1,
-        lambda t: interpolation.evaluate(coefficients, (t - s.t) / dt), allowed=accept,
+        # divide_no_nan: a zero-length step (an output time repeated, as
+        # merged checkpoints can produce) evaluates at its start.
+        lambda t: interpolation.evaluate(coefficients, tf.math.divide_no_nan(t - s.t, dt)),
+        allowed=accept,
     )
     t_new = tf.where(accept, t1, s.t)
     y_new = _nest.where(accept, y1, s.y)
