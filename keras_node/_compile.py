@@ -7,13 +7,20 @@ reused; TensorFlow's own cache then keys on tensor shapes and dtypes, so
 repeated calls with the same shapes never retrace.
 
 The cache holds functions weakly by the user's `func` (for bound methods, by
-the object they are bound to), so it never keeps a model alive. Values a
-Python closure captures are part of the key, so a new closure over new
-tensors gets a new trace instead of stale constants.
+the object they are bound to), so it never keeps a model alive.
+
+A trace bakes in the Python values `func` saw, so the key also holds a
+fingerprint of the Python state `func` can read: its closure cells, the
+module globals its code names, and (for bound methods and callable objects)
+the object's plain attributes. Changing any of them gives a new trace, never a
+stale answer. Plain values (numbers, strings, small numpy arrays) are keyed by
+value, other objects by identity; TensorFlow variables need neither, as the
+compiled function reads them when it runs.
 """
 
 import weakref
 
+import numpy as np
 import tensorflow as tf
 
 from keras_node import _status
@@ -21,18 +28,83 @@ from keras_node import _status
 _CACHE = weakref.WeakKeyDictionary()
 
 
+_MAX_ARRAY_BYTES = 1 << 16
+
+
+def _value_key(value):
+    """A hashable stand-in for a Python value a trace may have baked in."""
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+        return (type(value).__name__, value)
+    if isinstance(value, tuple):
+        return tuple(_value_key(v) for v in value)
+    if isinstance(value, np.ndarray):
+        if value.nbytes <= _MAX_ARRAY_BYTES:
+            return ("ndarray", value.dtype.str, value.shape, value.tobytes())
+        return ("ndarray", id(value))
+    if isinstance(value, np.generic):
+        return ("npscalar", value.item())
+    if isinstance(value, (list, dict, set)):
+        # Mutable containers: keyed by content when small and plain.
+        items = sorted(value.items(), key=repr) if isinstance(value, dict) else list(value)
+        if len(items) <= 64:
+            try:
+                return (type(value).__name__, tuple(_value_key(v) for v in items))
+            except TypeError:
+                pass
+    return ("id", id(value))
+
+
+def _code_globals(code, namespace, seen=None):
+    """Globals named by `code` (and the code objects nested in it)."""
+    seen = set() if seen is None else seen
+    names = {}
+    for name in code.co_names:
+        if name in namespace and name not in seen:
+            value = namespace[name]
+            if not callable(value) or isinstance(value, np.ndarray):
+                names[name] = value
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            names.update(_code_globals(const, namespace, seen))
+    return names
+
+
+def _plain_attributes(obj):
+    """An object's attributes holding plain values (not layers or tensors)."""
+    attributes = getattr(obj, "__dict__", {})
+    plain = (bool, int, float, str, tuple, np.ndarray, np.generic, type(None))
+    return {k: v for k, v in attributes.items() if isinstance(v, plain)}
+
+
+def _fingerprint(func):
+    parts = []
+    code = getattr(func, "__code__", None)
+    if code is not None:
+        for cell in getattr(func, "__closure__", None) or ():
+            try:
+                parts.append(_value_key(cell.cell_contents))
+            except ValueError:  # an empty cell
+                parts.append(None)
+        globals_read = _code_globals(code, getattr(func, "__globals__", {}))
+        parts.extend((k, _value_key(v)) for k, v in sorted(globals_read.items()))
+    owner = getattr(func, "__self__", None)
+    if owner is None and code is None:
+        owner = func  # a callable object
+    if owner is not None:
+        parts.extend((k, _value_key(v)) for k, v in sorted(_plain_attributes(owner).items()))
+    return tuple(parts)
+
+
 def _owner_and_key(func):
     bound_to = getattr(func, "__self__", None)
     if bound_to is not None and hasattr(func, "__func__"):
-        return bound_to, ("method", func.__func__)
-    closure = getattr(func, "__closure__", None) or ()
-    captured = []
-    for cell in closure:
-        try:
-            captured.append(id(cell.cell_contents))
-        except ValueError:  # an empty cell
-            captured.append(None)
-    return func, ("function", tuple(captured))
+        method = func.__func__
+        return bound_to, ("method", method, _fingerprint(method), _fingerprint_owner(bound_to))
+    return func, ("function", _fingerprint(func))
+
+
+def _fingerprint_owner(obj):
+    return tuple((k, _value_key(v)) for k, v in sorted(_plain_attributes(obj).items()))
 
 
 def cached_function(func, static_key, build, jit_compile=False):

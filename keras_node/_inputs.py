@@ -207,14 +207,12 @@ def normalized_func(func, state, direction):
     def wrapped(tau, leaves):
         t = tau if is_plus_one(direction) else tau * direction
         result = func(t, tf.nest.pack_sequence_as(structure, list(leaves)))
-        try:
-            tf.nest.assert_same_structure(result, structure, check_types=False)
-        except (ValueError, TypeError):
+        if not _same_paths(result, structure):
             raise ValueError(
                 "func(t, y) must return dy/dt with the same structure as y0. "
                 f"Expected: {_short(tf.nest.map_structure(lambda _: '*', structure))}; "
                 f"received: {_short(result)}"
-            ) from None
+            )
         out = []
         for got, want in zip(tf.nest.flatten(result), leaves):
             got = tf.convert_to_tensor(got)
@@ -232,6 +230,31 @@ def normalized_func(func, state, direction):
         return tuple(out)
 
     return wrapped
+
+
+def _same_paths(result, structure):
+    """Same nest up to list/tuple: identical dict keys and sequence lengths."""
+    return list(_paths(result)) == list(_paths(structure))
+
+
+def _paths(nest, prefix=()):
+    """Leaf paths of a nest: dict keys (sorted, as tf.nest orders them) and
+    sequence indices; lists and tuples are interchangeable."""
+    if isinstance(nest, dict):
+        if not nest:
+            yield prefix + ("{}",)
+        for key in sorted(nest):
+            yield from _paths(nest[key], prefix + (("key", key),))
+    elif isinstance(nest, (list, tuple)) and not hasattr(nest, "_fields"):
+        if not nest:
+            yield prefix + ("[]",)
+        for index, item in enumerate(nest):
+            yield from _paths(item, prefix + (("index", index),))
+    elif hasattr(nest, "_fields"):  # namedtuple: fields matter
+        for field in nest._fields:
+            yield from _paths(getattr(nest, field), prefix + (("field", field),))
+    else:
+        yield prefix
 
 
 def is_plus_one(direction):

@@ -30,11 +30,12 @@ def validate(jit_compile):
     return jit_compile
 
 
-def resolve(jit_compile, func, leaves, t_dtype, where):
-    """The effective bool for a solve of `func` on `leaves`."""
+def resolve(jit_compile, func, leaves, t_dtype, where, owner):
+    """The effective bool for a solve of `func` on `leaves`; `owner` (the
+    user's function) keys the cached answer."""
     if jit_compile != "auto":
         return jit_compile
-    unsupported = _unsupported_ops(func, leaves, t_dtype)
+    unsupported = _unsupported_ops(func, leaves, t_dtype, owner)
     if unsupported and where not in _WARNED:
         _WARNED.add(where)
         warnings.warn(
@@ -46,11 +47,11 @@ def resolve(jit_compile, func, leaves, t_dtype, where):
     return not unsupported
 
 
-def _unsupported_ops(func, leaves, t_dtype):
+def _unsupported_ops(func, leaves, t_dtype, owner):
     specs = tuple(tf.TensorSpec(leaf.shape, leaf.dtype) for leaf in leaves)
-    key = (specs, t_dtype)
+    key = (specs, t_dtype, getattr(owner, "__func__", None))
     try:
-        per_func = _SUPPORT.setdefault(getattr(func, "__self__", func), {})
+        per_func = _SUPPORT.setdefault(getattr(owner, "__self__", owner), {})
     except TypeError:
         per_func = {}
     if key not in per_func:

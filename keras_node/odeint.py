@@ -96,7 +96,7 @@ class Problem:
         self.jit_compile_option = _xla.validate(jit_compile)
         self.jit_compile = _xla.resolve(
             jit_compile, _inputs.normalized_func(func, self.state, self.direction or 1.0),
-            self.state.leaves, self.state.solve_dtype, where,
+            self.state.leaves, self.state.solve_dtype, where, owner=func,
         )
 
     def static_key(self):
