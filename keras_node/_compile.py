@@ -96,45 +96,57 @@ def _fingerprint(func):
 
 
 def _owner_and_key(func):
+    """`(owner, identity, fingerprint)`: what to hold weakly, which function
+    it is, and the Python state it reads."""
     bound_to = getattr(func, "__self__", None)
     if bound_to is not None and hasattr(func, "__func__"):
         method = func.__func__
-        return bound_to, ("method", method, _fingerprint(method), _fingerprint_owner(bound_to))
-    return func, ("function", _fingerprint(func))
+        return bound_to, method, (_fingerprint(method), _fingerprint_owner(bound_to))
+    return func, None, _fingerprint(func)
 
 
 def _fingerprint_owner(obj):
     return tuple((k, _value_key(v)) for k, v in sorted(_plain_attributes(obj).items()))
 
 
-def cached_function(func, static_key, build, jit_compile=False):
-    """Return the compiled function for `(func, static_key)`.
+def _call_cached(func, static_key, build, jit_compile, args):
+    """Call the compiled function for `func`'s current Python state.
 
-    `build()` returns the Python function to compile; it is called only on a
-    cache miss. Falls back to compiling without caching when `func` cannot
-    be weakly referenced.
+    The entry is stored under the fingerprint taken *after* the call: a
+    trace that itself mutates state `func` reads (a call counter in a global
+    list, say) then still hits the cache next time, while state changed
+    between calls misses it and retraces.
     """
-    owner, func_key = _owner_and_key(func)
-    key = (func_key, static_key, jit_compile)
+    owner, identity, before = _owner_and_key(func)
+    base = (identity, static_key, jit_compile)
     try:
         per_owner = _CACHE.setdefault(owner, {})
-    except TypeError:  # not weak-referenceable
-        return tf.function(build(), autograph=False, jit_compile=jit_compile)
-    compiled = per_owner.get(key)
+    except TypeError:  # not weak-referenceable: compile for this call only
+        return tf.function(build(), autograph=False, jit_compile=jit_compile)(*args)
+    compiled = per_owner.get(base + (before,))
     if compiled is None:
         compiled = tf.function(build(), autograph=False, jit_compile=jit_compile)
-        per_owner[key] = compiled
-    return compiled
+    result = compiled(*args)
+    per_owner[base + ("latest",)] = compiled
+    # Traces of *our* functions may have mutated the state (a counter, say);
+    # that must not invalidate this or the other functions compiled for
+    # `func` (the adjoint's forward and backward), so re-key them all.
+    after = _owner_and_key(func)[2]
+    for key, function in list(per_owner.items()):
+        if key[0] is identity and key[-1] == "latest":
+            per_owner[key[:-1] + (after,)] = function
+    return result
 
 
-def lookup(func, static_key, jit_compile=False):
-    """The compiled function cached for `(func, static_key)`, or None."""
-    owner, func_key = _owner_and_key(func)
+def latest(func, static_key, jit_compile=False):
+    """The compiled function the last eager call for `(func, static_key)`
+    used, or None."""
+    owner, identity, _ = _owner_and_key(func)
     try:
         per_owner = _CACHE.get(owner)
     except TypeError:
         return None
-    return None if per_owner is None else per_owner.get((func_key, static_key, jit_compile))
+    return None if per_owner is None else per_owner.get((identity, static_key, jit_compile, "latest"))
 
 
 def run(func, static_key, core, args, jit_compile):
@@ -145,7 +157,7 @@ def run(func, static_key, core, args, jit_compile):
     graph is already being compiled by XLA).
     """
     if tf.executing_eagerly():
-        return cached_function(func, static_key, lambda: core, jit_compile)(*args)
+        return _call_cached(func, static_key, lambda: core, jit_compile, args)
     if jit_compile and not _status.in_xla_context():
         return tf.function(core, autograph=False, jit_compile=True)(*args)
     return core(*args)

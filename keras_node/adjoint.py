@@ -167,7 +167,7 @@ def _solve_with_adjoint(problem, settings, explicit, forward_stats, return_stats
         # reads, but a cached compiled function reads its captured variables
         # without telling the watcher. Read them here, where it looks.
         for variable in explicit + _captured_variables(problem, key, args):
-            variable.read_value() if hasattr(variable, "read_value") else variable.value
+            tf.convert_to_tensor(variable)  # a read, for tf and Keras variables alike
         forward_stats.update(stats)
 
         def grad_fn(*output_grads, variables=None):
@@ -210,9 +210,9 @@ def _captured_variables(problem, key, args):
     """Trainable variables the cached eager function for `key` captured."""
     if not tf.executing_eagerly():
         return []  # in graphs the reads are visible to tf.custom_gradient
-    compiled = _compile.lookup(problem.func, ("adjoint",) + key + problem.static_key(),
+    compiled = _compile.latest(problem.func, ("adjoint",) + key + problem.static_key(),
                                problem.jit_compile)
-    if compiled is None:  # compiled afresh this call: its trace was watched
+    if compiled is None:  # not weak-referenceable: compiled afresh, its trace was watched
         return []
     return list(compiled.get_concrete_function(*args).trainable_variables)
 

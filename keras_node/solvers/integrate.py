@@ -126,7 +126,9 @@ def integrate(
 
     if tableau.adaptive:
         if first_step is None:
-            dt0 = step_control.initial_step(func, t0, y0, f0, tableau.order, rtol, atol, norm_groups)
+            span = tf.gather(t_out, num_out - 1) - t0
+            dt0 = step_control.initial_step(func, t0, y0, f0, tableau.order, rtol, atol,
+                                            norm_groups, span=span)
             nfe += 1
         else:
             dt0 = tf.cast(first_step, dtype)

@@ -48,11 +48,14 @@ def next_step_size(dt, ratio, accept, order):
     return tf.stop_gradient(dt * factor)
 
 
-def initial_step(func, t0, y0, f0, order, rtol, atol, norm_groups):
+def initial_step(func, t0, y0, f0, order, rtol, atol, norm_groups, span=None):
     """Starting step size by Hairer, Norsett & Wanner, Sec. II.4.
 
     `order` is the propagated order of the method. Costs one evaluation of
-    `func`. Returns a positive scalar.
+    `func`. Returns a positive scalar. One departure: when `f` is (nearly)
+    zero at the start and at the probe, the algorithm's 1e-6 guess would
+    make a fresh zero-initialised Neural ODE crawl up by factors of ten for
+    several steps; with the integration `span` known we try all of it.
     """
     dtype = t0.dtype
     scale = [a + r * tf.abs(y) for y, r, a in zip(y0, rtol, atol)]
@@ -72,4 +75,7 @@ def initial_step(func, t0, y0, f0, order, rtol, atol, norm_groups):
         tf.pow(0.01 / tf.maximum(tf.maximum(d1, d2), 1e-300 if dtype == tf.float64 else 1e-30),
                1.0 / order),
     )
-    return tf.stop_gradient(tf.minimum(100.0 * h0, h1))
+    h = tf.minimum(100.0 * h0, h1)
+    if span is not None:
+        h = tf.where(both_tiny, tf.maximum(span, h), h)
+    return tf.stop_gradient(h)
