@@ -1,0 +1,1 @@
+"""Benchmark harness: shared problems (problems.py), peer adapters (peers.py)."""
