@@ -3,7 +3,11 @@
 `True` always compiles the solver loop with XLA, `False` never does, and
 `"auto"` (the default) compiles when every op the dynamics use has an XLA
 kernel, falling back to a plain graph with a one-time warning otherwise.
-The check traces the dynamics once per function and state signature.
+One measured exception: with no GPU, dynamics with convolutions run without
+XLA, because XLA's CPU convolutions are slower than TensorFlow's and their
+gradients dramatically so (an ODE-Net conv block's adjoint step: 59 s under
+XLA vs 0.75 s without, benchmarks/RESULTS.md). The check traces the
+dynamics once per function and state signature.
 """
 
 import warnings
@@ -17,6 +21,8 @@ _XLA_DEVICE = "XLA_CPU_JIT"
 _SUPPORT = weakref.WeakKeyDictionary()
 _WARNED = set()
 # Graph plumbing with no kernel of its own: XLA handles these structurally.
+_SLOW_ON_CPU = {"Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2dNative", "Conv",
+                "Conv2DBackpropInput", "Conv3DBackpropInputV2"}
 _STRUCTURAL = {"Placeholder", "_Arg", "_Retval", "NoOp", "PartitionedCall",
                "StatefulPartitionedCall", "Identity", "IdentityN"}
 
@@ -35,7 +41,9 @@ def resolve(jit_compile, func, leaves, t_dtype, where, owner):
     user's function) keys the cached answer."""
     if jit_compile != "auto":
         return jit_compile
-    unsupported = _unsupported_ops(func, leaves, t_dtype, owner)
+    unsupported, op_types = _unsupported_ops(func, leaves, t_dtype, owner)
+    if op_types & _SLOW_ON_CPU and not tf.config.list_logical_devices("GPU"):
+        return False
     if unsupported and where not in _WARNED:
         _WARNED.add(where)
         warnings.warn(
@@ -57,7 +65,8 @@ def _unsupported_ops(func, leaves, t_dtype, owner):
     if key not in per_func:
         traced = tf.function(lambda t, y: func(t, y), autograph=False)
         graph = traced.get_concrete_function(tf.TensorSpec([], t_dtype), specs).graph
-        per_func[key] = frozenset(op for op in _op_types(graph.as_graph_def()) if not _has_xla_kernel(op))
+        op_types = frozenset(_op_types(graph.as_graph_def()))
+        per_func[key] = (frozenset(op for op in op_types if not _has_xla_kernel(op)), op_types)
     return per_func[key]
 
 

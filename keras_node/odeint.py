@@ -48,8 +48,12 @@ def odeint(
             `num_rejected`, `status` (0 = success).
         jit_compile: compile the solver loop with XLA: `True`, `False`, or
             `"auto"` (default: when every op of `func` has an XLA kernel,
-            else without XLA and a one-time warning). Inside a function that
-            is already XLA-compiled this changes nothing.
+            else without XLA and a one-time warning; convolutional dynamics
+            without a GPU run without XLA, whose CPU convolutions are slow).
+            While a gradient tape records, `"auto"` leaves `odeint`'s loop
+            uncompiled (gradients cannot cross an XLA boundary through its
+            loop). Inside a function that is already XLA-compiled this
+            changes nothing.
         name: optional name of the solve, used in error messages.
 
     Returns:
