@@ -185,6 +185,13 @@ def positive_scalar_or_none(value, name):
     return value
 
 
+def check_bool(value, name):
+    """Reject non-bool flags (a string "False" would be truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False. Received: {name}={_short(value)}")
+    return value
+
+
 def max_steps(value):
     """Validate `max_num_steps`: a positive Python int (it bounds a loop)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
@@ -207,6 +214,11 @@ def normalized_func(func, state, direction):
     def wrapped(tau, leaves):
         t = tau if is_plus_one(direction) else tau * direction
         result = func(t, tf.nest.pack_sequence_as(structure, list(leaves)))
+        if any(leaf is None for leaf in tf.nest.flatten(result)):
+            raise ValueError(
+                "func(t, y) must return dy/dt (tensors with y0's structure), not None. "
+                f"Received: {_short(result)}"
+            )
         if not _same_paths(result, structure):
             raise ValueError(
                 "func(t, y) must return dy/dt with the same structure as y0. "

@@ -142,6 +142,7 @@ def _odeint_adjoint(
     float16 policy: loss scaling *expects* overflowing gradients now and then
     and recovers by lowering the scale, so raising would break training.
     """
+    _inputs.check_bool(return_stats, "return_stats")
     problem = Problem(func, y0, t, method, rtol, atol, first_step, step_size, max_num_steps,
                       where=_where("odeint_adjoint", name), jit_compile=jit_compile)
     settings = _BackwardSettings(

@@ -74,6 +74,7 @@ def odeint(
     >>> float(ys[-1, 0])  # exp(-1)
     0.3678...
     """
+    _inputs.check_bool(return_stats, "return_stats")
     problem = Problem(func, y0, t, method, rtol, atol, first_step, step_size, max_num_steps,
                       where=_where("odeint", name), jit_compile=jit_compile)
     leaves, stats = problem.run()
@@ -86,6 +87,11 @@ class Problem:
 
     def __init__(self, func, y0, t, method, rtol, atol, first_step, step_size, max_num_steps,
                  where="odeint", jit_compile="auto"):
+        if not callable(func):
+            raise TypeError(
+                "func must be callable as func(t, y) -> dy/dt. "
+                f"Received: func={func!r} of type {type(func).__name__}"
+            )
         self.func = func
         self.where = where
         self.tableau = registry.get_tableau(method)
