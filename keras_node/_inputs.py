@@ -132,9 +132,8 @@ def _one_tolerance(value, leaf, name):
     if values is not None:
         values = np.asarray(values, dtype=np.float64)
         if np.any(values < 0) or not np.all(np.isfinite(values)):
-            raise ValueError(
-                f"{name} must be finite and >= 0. Received: {name}={_short(values.tolist())}"
-            )
+            shown = value if isinstance(value, (numbers.Number, list, tuple)) else values.tolist()
+            raise ValueError(f"{name} must be finite and >= 0. Received: {name}={_short(shown)}")
     return tf.cast(tensor, leaf.dtype)
 
 
@@ -142,14 +141,12 @@ def tolerances(value, state, name):
     """One tolerance tensor per leaf of `state`, from a scalar, a tensor
     broadcastable to every leaf, or a nest matching `y0`."""
     if tf.nest.is_nested(state.structure) and tf.nest.is_nested(value) and not _is_plain_sequence_of_numbers(value):
-        try:
-            tf.nest.assert_same_structure(value, state.structure, check_types=False)
-        except (ValueError, TypeError):
+        if not _same_paths(value, state.structure):
             raise ValueError(
                 f"{name} given as a structure must match y0's structure. Expected: "
                 f"{_short(tf.nest.map_structure(lambda _: '*', state.structure))}; "
                 f"received: {name}={_short(value)}"
-            ) from None
+            )
         values = tf.nest.flatten(value)
     else:
         values = [value] * len(state.leaves)
@@ -160,14 +157,14 @@ def _is_plain_sequence_of_numbers(value):
     return isinstance(value, (list, tuple)) and all(isinstance(v, numbers.Number) for v in value)
 
 
-def check_both_tolerances(rtol, atol):
+def check_both_tolerances(rtol, atol, names=("rtol", "atol")):
     """Reject rtol == atol == 0: no error could ever be accepted."""
     for r, a in zip(rtol, atol):
         rv, av = tf.get_static_value(r), tf.get_static_value(a)
         if rv is not None and av is not None and np.all(np.asarray(rv) == 0) and np.all(np.asarray(av) == 0):
             raise ValueError(
-                "rtol and atol cannot both be zero: no step could pass the error test. "
-                "Received: rtol=0, atol=0"
+                f"{names[0]} and {names[1]} cannot both be zero: no step could pass the error "
+                f"test. Received: {names[0]}=0, {names[1]}=0"
             )
 
 

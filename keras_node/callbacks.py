@@ -27,6 +27,8 @@ class NFELogger(keras.callbacks.Callback):
 
     def __init__(self, log_every_batch=True):
         super().__init__()
+        if not isinstance(log_every_batch, bool):
+            raise TypeError(f"log_every_batch must be True or False. Received: log_every_batch={log_every_batch!r}")
         self.log_every_batch = log_every_batch
 
     def _ode_layers(self):

@@ -40,6 +40,10 @@ class MLP(keras.layers.Layer):
     def __init__(self, units=(64, 64), activation="tanh", time_dependent=True,
                  kernel_initializer="glorot_uniform", final_initializer="zeros", **kwargs):
         super().__init__(**kwargs)
+        if not isinstance(time_dependent, bool):
+            raise TypeError(f"time_dependent must be True or False. Received: time_dependent={time_dependent!r}")
+        if not isinstance(units, (int, list, tuple)) or isinstance(units, bool):
+            raise TypeError(f"units must be an int or a sequence of ints (hidden widths). Received: units={units!r}")
         units = (units,) if isinstance(units, int) else tuple(units)
         if not units or any(not isinstance(u, int) or isinstance(u, bool) or u < 1 for u in units):
             raise ValueError(
@@ -122,6 +126,10 @@ class ConvBlock(keras.layers.Layer):
             raise ValueError(f"filters must be a positive integer. Received: filters={filters!r}")
         if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1:
             raise ValueError(f"kernel_size must be a positive integer. Received: kernel_size={kernel_size!r}")
+        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+            raise ValueError(f"groups must be a positive integer. Received: groups={groups!r}")
+        if not isinstance(time_dependent, bool):
+            raise TypeError(f"time_dependent must be True or False. Received: time_dependent={time_dependent!r}")
         self.filters = filters
         self.kernel_size = kernel_size
         self.time_dependent = bool(time_dependent)

@@ -108,6 +108,9 @@ class ODELayer(keras.layers.Layer):
         self.method = method
         self.rtol = _config_tolerance(rtol, "rtol")
         self.atol = _config_tolerance(atol, "atol")
+        if not np.any(np.asarray(self.rtol)) and not np.any(np.asarray(self.atol)):
+            raise ValueError("rtol and atol cannot both be zero: no step could pass the error "
+                             "test. Received: rtol=0, atol=0")
         self.gradient = gradient
         self.return_sequences = return_sequences
         self.first_step = _config_step(first_step, "first_step")
@@ -132,7 +135,14 @@ class ODELayer(keras.layers.Layer):
         input_shape = tuple(input_shape)
         if not self.dynamics.built:
             self.dynamics.build(input_shape)
-        output_shape = self._dynamics_output_shape(input_shape)
+        output = self._dynamics_output_spec(input_shape)
+        if not hasattr(output, "shape"):
+            raise ValueError(
+                "The dynamics of an ODELayer must return a single tensor dh/dt with the shape of "
+                f"h {input_shape}. Received: a {type(output).__name__} from "
+                f"{self.dynamics.name!r}: {output!r}"
+            )
+        output_shape = output.shape
         if tuple(output_shape) != input_shape:
             raise ValueError(
                 "The dynamics of an ODELayer must return dh/dt with the shape of h. "
@@ -142,16 +152,17 @@ class ODELayer(keras.layers.Layer):
             )
         self._counters = _Counters(self)
 
-    def _dynamics_output_shape(self, input_shape):
+    def _dynamics_output_spec(self, input_shape):
         spec = keras.KerasTensor(input_shape, dtype=self.compute_dtype)
         if self._time_dependent:
-            out = self.dynamics.compute_output_spec(spec, t=keras.KerasTensor((), dtype=self.compute_dtype))
-        else:
-            out = self.dynamics.compute_output_spec(spec)
-        return out.shape
+            return self.dynamics.compute_output_spec(spec, t=keras.KerasTensor((), dtype=self.compute_dtype))
+        return self.dynamics.compute_output_spec(spec)
 
     def compute_output_shape(self, inputs_shape, t_shape=None):
         input_shape = tuple(inputs_shape)
+        if t_shape is not None and len(t_shape) != 1:
+            raise ValueError(f"The call-time t of an ODELayer must be 1-D (a vector of times). "
+                             f"Received: t with shape {tuple(t_shape)}")
         if not self.return_sequences:
             return input_shape
         num_times = len(self.t) if t_shape is None else t_shape[0]
@@ -167,6 +178,10 @@ class ODELayer(keras.layers.Layer):
 
     @tf.autograph.experimental.do_not_convert
     def call(self, inputs, t=None, training=None):
+        if not tf.as_dtype(inputs.dtype).is_floating:
+            raise TypeError("ODELayer inputs must be floating (the initial state of the ODE). "
+                            f"Received: inputs with dtype {tf.as_dtype(inputs.dtype).name}; cast them "
+                            "to float32 first")
         times = tf.constant(self.t, dtype=_time_dtype(inputs.dtype)) if t is None else t
         options = dict(
             method=self.method, rtol=self.rtol, atol=self.atol, first_step=self.first_step,
@@ -306,7 +321,10 @@ def _config_tolerance(value, name):
         if not np.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be finite and >= 0. Received: {name}={value!r}")
         return float(value)
-    array = np.asarray(value, dtype=np.float64)
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number or a list of numbers. Received: {name}={value!r}") from None
     if np.any(array < 0) or not np.all(np.isfinite(array)):
         raise ValueError(f"{name} must be finite and >= 0. Received: {name}={value!r}")
     return array.tolist()
