@@ -36,8 +36,9 @@ DEFAULT_CHECKPOINTS = 16
 benchmarks/RESULTS.md): on a contractive MLP field (float64, rtol 1e-5) the
 plain backsolve adjoint's dL/dh0 error is 0.31 / 8.9 / 6e18 at T = 1 / 4 / 16;
 with K = 16 it is 2.6e-3 / 3.1e-2 / 0.50, as good as direct backprop
-(2.9e-3 / 6.8e-2 / 0.50), for +4% backward evaluations at T = 1. K = 8 is
-enough up to T ~ 4 but 2.3x backprop's error at T = 16."""
+(2.9e-3 / 6.8e-2 / 0.50), for +1.5% backward evaluations at T = 1. K = 8 is
+enough up to T ~ 4 but 2.3x backprop's error at T = 16. Short solves use
+fewer of them (`STEPS_PER_ANCHOR`)."""
 
 
 class AdjointStats:
@@ -103,7 +104,10 @@ def odeint_adjoint(
             at K uniformly spaced times and the backward pass re-anchors z
             there. K = 0 is the plain backsolve adjoint, which can be wrong by
             orders of magnitude on contractive dynamics over long horizons.
-            Memory is K extra states. Default: `DEFAULT_CHECKPOINTS`.
+            Memory is K extra states. The backward pass re-anchors at no more
+            than one stored checkpoint per 4 forward steps (evenly chosen),
+            so short, easy solves do not pay a backward step per checkpoint.
+            Default: `DEFAULT_CHECKPOINTS` (16).
         backward_stats: an optional `keras_node.AdjointStats` that receives
             the backward solve's counts (nfe, num_steps, num_rejected,
             status) whenever the gradient is computed.
@@ -269,16 +273,19 @@ class _BackwardSettings:
 def _anchor_times(tau, checkpoints):
     """Merge K uniform checkpoint times into the output times `tau`.
 
-    Returns `(tau_all, positions)`: sorted anchor times and the index in
-    `tau_all` of each output time.
+    Returns `(tau_all, positions, checkpoint_index)`: sorted anchor times,
+    the index in `tau_all` of each output time, and for each anchor its
+    checkpoint number (0..K-1), or -1 for output times.
     """
+    num_out = tf.shape(tau)[0]
     if checkpoints == 0:
-        return tau, tf.range(tf.shape(tau)[0])
+        return tau, tf.range(num_out), -tf.ones_like(tf.range(num_out))
     extra = tf.linspace(tau[0], tau[-1], checkpoints + 2)[1:-1]
     merged = tf.concat([tau, extra], axis=0)
     order = tf.argsort(merged, stable=True)
-    positions = tf.math.invert_permutation(order)[: tf.shape(tau)[0]]
-    return tf.gather(merged, order), positions
+    positions = tf.math.invert_permutation(order)[:num_out]
+    checkpoint_index = tf.where(order >= num_out, order - num_out, -1)
+    return tf.gather(merged, order), positions, checkpoint_index
 
 
 def _direction_and_tau(problem, t):
@@ -294,7 +301,7 @@ def _direction_and_tau(problem, t):
 def _forward_core(problem, settings):
     def core(leaves, t, rtol, atol, first_step, step_size):
         direction, tau, initial_status = _direction_and_tau(problem, t)
-        tau_all, positions = _anchor_times(tau, settings.checkpoints)
+        tau_all, positions, checkpoint_index = _anchor_times(tau, settings.checkpoints)
         solution = integrate(
             _inputs.normalized_func(problem.func, problem.state, direction), tuple(leaves), tau_all,
             tableau=problem.tableau, rtol=tuple(rtol), atol=tuple(atol),
@@ -304,7 +311,7 @@ def _forward_core(problem, settings):
         t_reached = solution.t_reached if _inputs.is_plus_one(direction) else solution.t_reached * direction
         ys_all = list(solution.ys)
         outputs = [tf.gather(y, positions) for y in ys_all]
-        saved = (ys_all, tau_all, positions, t)
+        saved = (ys_all, tau_all, positions, t, checkpoint_index, solution.num_steps)
         return outputs, saved, stats_dict(solution), t_reached
 
     return core
@@ -357,7 +364,7 @@ class _Backward:
     """The backward pass over anchors, for one gradient computation."""
 
     def __init__(self, problem, settings, saved, output_grads, variables, rtol, atol):
-        self.ys_all, self.tau_all, self.positions, t = saved
+        self.ys_all, self.tau_all, self.positions, t, checkpoint_index, forward_steps = saved
         self.direction, _, _ = _direction_and_tau(problem, t)
         self.func = _inputs.normalized_func(problem.func, problem.state, self.direction)
         self.settings, self.problem, self.variables = settings, problem, list(variables)
@@ -370,6 +377,8 @@ class _Backward:
                           for g, y in zip(output_grads, self.ys_all)]
         self.is_output = tf.scatter_nd(self.positions[:, None], tf.ones_like(self.positions),
                                        tf.shape(self.tau_all)) > 0
+        self.active = self.is_output | _used_checkpoints(checkpoint_index, settings.checkpoints,
+                                                         forward_steps)
         self.aug_func = _augmented_dynamics(self.func, self.n, self.variables, self.dtype)
         num_params = sum(v.shape.num_elements() for v in self.variables)
         self.params0 = (tf.zeros([num_params], self.dtype),) if self.variables else ()
@@ -396,8 +405,13 @@ class _Backward:
             t_grad, cost = time_grad(), tf.constant(1, tf.int32)
         return z, tuple(ai + gi for ai, gi in zip(a, g)), t_grad, cost
 
-    def sigma(self, i):
-        return -tf.stack([tf.gather(self.tau_all, i), tf.gather(self.tau_all, i - 1)])
+    def sigma(self, i, j):
+        return -tf.stack([tf.gather(self.tau_all, i), tf.gather(self.tau_all, j)])
+
+    def previous_active(self, i):
+        """The active anchor before i (anchor 0 is an output, always active)."""
+        index = tf.range(tf.size(self.active))
+        return tf.reduce_max(tf.where(self.active & (index < i), index, -1))
 
     def initial_dt(self, first_step):
         """Step size the first backward interval starts with, and its cost."""
@@ -409,17 +423,19 @@ class _Backward:
         z = tuple(tf.gather(y, last) for y in self.ys_all)
         a = tuple(tf.gather(g, last) for g in self.grads_all)
         x = z + a + self.params0
-        sigma0 = self.sigma(last)[0]
+        sigma0 = -tf.gather(self.tau_all, last)
         f0 = self.aug_func(sigma0, x)
         dt = step_control.initial_step(self.aug_func, sigma0, x, f0, self.settings.tableau.order,
                                        self.rtol, self.atol, self.groups)
         return dt, 2
 
     def interval(self, i, a, params, dt, t_grads, counts, status, t_reached, step_size):
-        """Re-anchor at i and solve the augmented ODE back to anchor i - 1."""
+        """Re-anchor at i and solve the augmented ODE back to the previous
+        active anchor."""
         z, a, t_grad, cost = self.at_anchor(i, a)
+        j = self.previous_active(i)
         sol = integrate(
-            self.aug_func, z + a + params, self.sigma(i), tableau=self.settings.tableau,
+            self.aug_func, z + a + params, self.sigma(i, j), tableau=self.settings.tableau,
             rtol=self.rtol, atol=self.atol, max_num_steps=self.problem.max_num_steps,
             first_step=dt, norm_groups=self.groups, step_size=_step(step_size),
             clip_to_end=self.settings.tableau.adaptive,
@@ -429,14 +445,15 @@ class _Backward:
         failed_now = tf.equal(status, 0) & tf.not_equal(sol.status, 0)
         t_reached = tf.where(failed_now, -sol.t_reached, t_reached)
         status = tf.where(tf.equal(status, 0), sol.status, status)
-        return (i - 1, tuple(end[self.n: 2 * self.n]), tuple(end[2 * self.n:]), sol.last_dt,
-                t_grads.write(i, t_grad), counts, status, t_reached)
+        t_grads = tf.tensor_scatter_nd_update(t_grads, [[i]], [t_grad])
+        return (j, tuple(end[self.n: 2 * self.n]), tuple(end[2 * self.n:]), sol.last_dt,
+                t_grads, counts, status, t_reached)
 
     def run(self, first_step, step_size):
         dt, initial_cost = self.initial_dt(first_step)
         a0 = tuple(tf.zeros_like(y[0]) for y in self.ys_all)
         state = (self.num_anchors - 1, a0, self.params0, dt,
-                 tf.TensorArray(self.dtype, size=self.num_anchors),
+                 tf.zeros([self.num_anchors], self.dtype),
                  tf.constant([initial_cost, 0, 0], tf.int32), tf.constant(0, tf.int32),
                  tf.zeros([], self.dtype))
         bound = self.num_anchors if isinstance(self.num_anchors, int) else None
@@ -451,9 +468,10 @@ class _Backward:
     def finish(self, a, params, t_grads, counts, status):
         """Flat gradients for y0, t and the variables, the counts, the status."""
         f0 = self.func(self.tau_all[0], tuple(y[0] for y in self.ys_all))
-        t_grads = t_grads.write(0, -tf.add_n([tf.reduce_sum(ai * fi) for ai, fi in zip(a, f0)]))
+        t0_grad = -tf.add_n([tf.reduce_sum(ai * fi) for ai, fi in zip(a, f0)])
+        t_grads = tf.tensor_scatter_nd_update(t_grads, [[0]], [t0_grad])
         grads_y0 = [ai + g[0] for ai, g in zip(a, self.grads_all)]
-        grad_tau = tf.gather(t_grads.stack(), self.positions)
+        grad_tau = tf.gather(t_grads, self.positions)
         grad_t = grad_tau if _inputs.is_plus_one(self.direction) else grad_tau * self.direction
         grads_vars = _unflatten_parameters(params[0], self.variables) if self.variables else []
         counts = counts + tf.constant([1, 0, 0], tf.int32)
@@ -469,6 +487,22 @@ def _finish_backward(problem, settings, flat, counts, status, t_reached):
     flat = _record_stats(settings.stats, list(flat), counts[0], counts[1], counts[2], status)
     return _status.guard(flat, status, t_reached, problem.where + " backward pass",
                          problem.max_num_steps)
+
+
+STEPS_PER_ANCHOR = 4
+"""Re-anchoring more often than every few forward steps buys no accuracy (the
+backward reconstruction cannot drift far in a few steps) but costs at least
+one backward step per anchor; the backward pass uses at most
+`forward_steps // STEPS_PER_ANCHOR` of the stored checkpoints, evenly."""
+
+
+def _used_checkpoints(checkpoint_index, checkpoints, forward_steps):
+    """Bool per anchor: a stored checkpoint the backward pass re-anchors at."""
+    if checkpoints == 0:
+        return tf.zeros_like(checkpoint_index, tf.bool)
+    keep = tf.minimum(checkpoints, forward_steps // STEPS_PER_ANCHOR)
+    stride = (checkpoints + tf.maximum(keep, 1) - 1) // tf.maximum(keep, 1)
+    return (checkpoint_index >= 0) & (keep > 0) & (tf.math.floormod(checkpoint_index + 1, stride) == 0)
 
 
 def _backward_core(problem, settings):
