@@ -29,6 +29,10 @@ _CACHE = weakref.WeakKeyDictionary()
 
 
 _MAX_ARRAY_BYTES = 1 << 16
+# Traces kept per (function, settings): Python state that changes on every
+# call (a schedule, a step counter) retraces each call; older traces are
+# dropped so memory stays bounded.
+_MAX_TRACES = 8
 
 
 def _value_key(value):
@@ -91,7 +95,7 @@ def _fingerprint(func):
     if owner is None and code is None:
         owner = func  # a callable object
     if owner is not None:
-        parts.extend((k, _value_key(v)) for k, v in sorted(_plain_attributes(owner).items()))
+        parts.append(_fingerprint_owner(owner))
     return tuple(parts)
 
 
@@ -106,7 +110,14 @@ def _owner_and_key(func):
 
 
 def _fingerprint_owner(obj):
-    return tuple((k, _value_key(v)) for k, v in sorted(_plain_attributes(obj).items()))
+    """Plain attributes of `obj` and, for a Keras layer, of every layer
+    inside it (an ODELayer's dynamics read their own attributes)."""
+    parts = [tuple((k, _value_key(v)) for k, v in sorted(_plain_attributes(obj).items()))]
+    flatten = getattr(obj, "_flatten_layers", None)
+    if callable(flatten):
+        for layer in flatten(include_self=False, recursive=True):
+            parts.append(tuple((k, _value_key(v)) for k, v in sorted(_plain_attributes(layer).items())))
+    return tuple(parts)
 
 
 def _call_cached(func, static_key, build, jit_compile, args):
@@ -125,7 +136,11 @@ def _call_cached(func, static_key, build, jit_compile, args):
         return tf.function(build(), autograph=False, jit_compile=jit_compile)(*args)
     compiled = per_owner.get(base + (before,))
     if compiled is None:
-        compiled = tf.function(build(), autograph=False, jit_compile=jit_compile)
+        _evict(per_owner, base)
+        # reduce_retracing: a new batch size relaxes the shapes once instead
+        # of tracing (and compiling) the solver again for every size.
+        compiled = tf.function(build(), autograph=False, jit_compile=jit_compile,
+                               reduce_retracing=True)
     result = compiled(*args)
     per_owner[base + ("latest",)] = compiled
     # Traces of *our* functions may have mutated the state (a counter, say);
@@ -136,6 +151,14 @@ def _call_cached(func, static_key, build, jit_compile, args):
         if key[0] is identity and key[-1] == "latest":
             per_owner[key[:-1] + (after,)] = function
     return result
+
+
+def _evict(per_owner, base):
+    """Drop the oldest traces of `base` beyond `_MAX_TRACES` (dicts keep
+    insertion order)."""
+    keys = [k for k in per_owner if k[:-1] == base and k[-1] != "latest"]
+    for key in keys[: max(0, len(keys) - _MAX_TRACES + 1)]:
+        del per_owner[key]
 
 
 def latest(func, static_key, jit_compile=False):

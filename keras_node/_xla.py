@@ -57,7 +57,10 @@ def resolve(jit_compile, func, leaves, t_dtype, where, owner):
 
 def _unsupported_ops(func, leaves, t_dtype, owner):
     specs = tuple(tf.TensorSpec(leaf.shape, leaf.dtype) for leaf in leaves)
-    key = (specs, t_dtype, getattr(owner, "__func__", None))
+    # Which ops a function uses does not depend on the sizes of its inputs:
+    # key on ranks and dtypes, so a new batch size does not trace it again.
+    signature = tuple((leaf.shape.rank, leaf.dtype) for leaf in leaves)
+    key = (signature, t_dtype, getattr(owner, "__func__", None))
     try:
         per_func = _SUPPORT.setdefault(getattr(owner, "__self__", owner), {})
     except TypeError:
