@@ -50,14 +50,3 @@ def rms_norm(leaves):
     total = squares[0] if len(squares) == 1 else tf.add_n(squares)
     count = sizes[0] if len(sizes) == 1 else tf.add_n(sizes)
     return tf.sqrt(total / tf.maximum(count, 1.0))
-
-
-def grouped_norm(leaves, groups):
-    """Maximum over `groups` (lists of leaf indices) of each group's RMS norm.
-
-    With one group holding every leaf this is the plain RMS norm that API.md
-    specifies for the forward solve; the adjoint uses one group per part of
-    its augmented state (a mixed norm), and leaves a group out for a seminorm.
-    """
-    norms = [rms_norm([leaves[i] for i in group]) for group in groups]
-    return norms[0] if len(norms) == 1 else tf.reduce_max(tf.stack(norms))

@@ -82,8 +82,8 @@ def _write_due_outputs(ys, out_index, t_out, num_out, t1, value_at, allowed=True
 @tf.autograph.experimental.do_not_convert
 def integrate(
     func, y0, t_out, *, tableau, rtol, atol, max_num_steps,
-    first_step=None, step_size=None, norm_groups=None, initial_status=None,
-    clip_to_end=False,
+    first_step=None, step_size=None, norm_leaves=None, initial_status=None,
+    clip_to_end=False, f0=None, shrink_after_accept=False,
 ):
     """Solve `dy/dt = func(t, y)` from `t_out[0]`, writing `y` at each `t_out`.
 
@@ -98,8 +98,8 @@ def integrate(
         first_step: optional positive scalar; adaptive methods only.
         step_size: optional positive scalar; fixed-step methods only. `None`
             takes one step per interval of `t_out`.
-        norm_groups: lists of leaf indices for the error norm (default: one
-            group with every leaf, the RMS norm over all components).
+        norm_leaves: indices of the leaves in the error norm (default: all;
+            the norm is the RMS over all their components).
         initial_status: optional int32 scalar; a non-zero value skips the
             solve (e.g. times found non-monotonic at run time).
         clip_to_end: adaptive methods only: shorten the step that would pass
@@ -107,19 +107,23 @@ def integrate(
             (output times are reached by dense output, API.md); the adjoint's
             backward intervals do, because their end state must be exact and
             nothing past it is ever needed.
+        f0: optional `func(t_out[0], y0)`, when the caller already has it
+            (then `nfe` does not count it).
+        shrink_after_accept: step-size rule after an accepted step (see
+            `step_control.next_step_size`).
 
     Returns:
         A `Solution`.
     """
     y0 = tuple(y0)
     dtype = y0[0].dtype
-    if norm_groups is None:
-        norm_groups = [list(range(len(y0)))]
+    if norm_leaves is None:
+        norm_leaves = list(range(len(y0)))
     num_out = _static_or_dynamic_length(t_out)
     t0 = tf.gather(t_out, 0)
 
-    f0 = tuple(func(t0, y0))
-    nfe = tf.constant(1, tf.int32)
+    nfe = tf.constant(0 if f0 is not None else 1, tf.int32)
+    f0 = tuple(func(t0, y0)) if f0 is None else tuple(f0)
     status = tf.where(_nest.all_finite(y0 + f0), _status.SUCCESS, _status.NON_FINITE)
     if initial_status is not None:
         status = tf.where(tf.equal(initial_status, 0), status, initial_status)
@@ -128,7 +132,7 @@ def integrate(
         if first_step is None:
             span = tf.gather(t_out, num_out - 1) - t0
             dt0 = step_control.initial_step(func, t0, y0, f0, tableau.order, rtol, atol,
-                                            norm_groups, span=span)
+                                            norm_leaves, span=span)
             nfe += 1
         else:
             dt0 = tf.cast(first_step, dtype)
@@ -149,7 +153,8 @@ def integrate(
 
     def body(s):
         if tableau.adaptive:
-            return _adaptive_step(s, func, t_out, num_out, tableau, rtol, atol, norm_groups, clip_to_end)
+            return _adaptive_step(s, func, t_out, num_out, tableau, rtol, atol, norm_leaves,
+                                  clip_to_end, shrink_after_accept)
         return _fixed_step(s, func, t_out, num_out, tableau, step_size)
 
     final = tf.while_loop(keep_going, body, (state,), maximum_iterations=max_num_steps)[0]
@@ -162,7 +167,8 @@ def integrate(
     )
 
 
-def _adaptive_step(s, func, t_out, num_out, tableau, rtol, atol, norm_groups, clip_to_end):
+def _adaptive_step(s, func, t_out, num_out, tableau, rtol, atol, norm_leaves, clip_to_end,
+                   shrink_after_accept):
     """Attempt one step of size s.dt; accept or reject it; write outputs."""
     dt = s.dt
     if clip_to_end:
@@ -170,7 +176,7 @@ def _adaptive_step(s, func, t_out, num_out, tableau, rtol, atol, norm_groups, cl
         clipped = remaining < dt
         dt = tf.where(clipped, remaining, dt)
     y1, f1, y_error, k = rk_step(func, s.t, s.y, s.f, dt, tableau)
-    ratio = step_control.error_ratio(y_error, s.y, y1, rtol, atol, norm_groups)
+    ratio = step_control.error_ratio(y_error, s.y, y1, rtol, atol, norm_leaves)
     accept = ratio <= 1.0  # False for NaN: a non-finite step is a rejected step
     t1 = s.t + dt
     coefficients = interpolation.fit(s.y, y1, s.f, f1, dt, k, tableau.c_mid)
@@ -184,7 +190,7 @@ def _adaptive_step(s, func, t_out, num_out, tableau, rtol, atol, norm_groups, cl
     t_new = tf.where(accept, t1, s.t)
     y_new = _nest.where(accept, y1, s.y)
     f_new = _nest.where(accept, f1, s.f)
-    dt_new = step_control.next_step_size(dt, ratio, accept, tableau.order)
+    dt_new = step_control.next_step_size(dt, ratio, accept, tableau.order, shrink_after_accept)
     if clip_to_end:
         # A step shortened to land on the end says little about the step the
         # dynamics allow: keep the longer proposal for whoever continues.

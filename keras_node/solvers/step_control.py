@@ -4,14 +4,21 @@ Conventions (shared with torchdiffeq and diffrax so that, given the same
 tableau, we take the same decisions and the same number of steps):
 
 - Error ratio: the norm of `y_error / (atol + rtol * max(|y0|, |y1|))`,
-  an RMS over components (`_nest.grouped_norm`). A step is accepted when the
+  an RMS over all components of the leaves in the norm (`norm_leaves`:
+  all of them, except that the adjoint's seminorm leaves the
+  parameter-gradient integral out). A step is accepted when the
   ratio is <= 1. A NaN ratio compares false and so means "reject", which lets
   a step that wandered where `func` is undefined be retried smaller.
 - Next step: `dt * clip(SAFETY * ratio ** (-1 / order), lo, MAX_GROWTH)`
   with `order` the propagated order (the error estimate is O(dt**order) for
   the lower-order embedded solution of order `order - 1`), `lo = MIN_SHRINK`
   after a rejection and `lo = 1` after an acceptance: an accepted step never
-  shrinks the next one. We rejected a PI controller for now: its gains would
+  shrinks the next one (torchdiffeq, diffrax). `shrink_after_accept=True`
+  gives Hairer's DOPRI5 rule instead, `lo = MIN_SHRINK` always: a step
+  accepted with a ratio near 1 is followed by a slightly smaller one rather
+  than an equal one that is likely to fail. The forward solve keeps the
+  torchdiffeq rule (step-for-step parity); the adjoint's backward solve uses
+  Hairer's, which halves its rejected steps (benchmarks/RESULTS.md). We rejected a PI controller for now: its gains would
   need per-method tuning and would break step-for-step parity with the
   reference implementations we test against.
 - Step sizes carry no gradient (`tf.stop_gradient`): differentiating through
@@ -28,27 +35,34 @@ MAX_GROWTH = 10.0
 MIN_SHRINK = 0.2
 
 
-def error_ratio(y_error, y0, y1, rtol, atol, norm_groups):
+def _norm(leaves, norm_leaves):
+    return _nest.rms_norm([leaves[i] for i in norm_leaves])
+
+
+def error_ratio(y_error, y0, y1, rtol, atol, norm_leaves):
     """Scaled error norm of one step (a scalar; <= 1 means accept)."""
     scaled = [
         e / (a + r * tf.maximum(tf.abs(u), tf.abs(v)))
         for e, u, v, r, a in zip(y_error, y0, y1, rtol, atol)
     ]
-    return tf.stop_gradient(_nest.grouped_norm(scaled, norm_groups))
+    return tf.stop_gradient(_norm(scaled, norm_leaves))
 
 
-def next_step_size(dt, ratio, accept, order):
+def next_step_size(dt, ratio, accept, order, shrink_after_accept=False):
     """Step size to try next, from this step's `dt` and error `ratio`."""
     dtype = dt.dtype
     safe_ratio = tf.where(tf.math.is_finite(ratio), ratio, tf.constant(1e30, dtype))
     factor = SAFETY * tf.pow(tf.maximum(safe_ratio, 1e-30), -1.0 / order)
-    lower = tf.where(accept, tf.constant(1.0, dtype), tf.constant(MIN_SHRINK, dtype))
+    if shrink_after_accept:
+        lower = tf.constant(MIN_SHRINK, dtype)
+    else:
+        lower = tf.where(accept, tf.constant(1.0, dtype), tf.constant(MIN_SHRINK, dtype))
     factor = tf.clip_by_value(factor, lower, MAX_GROWTH)
     factor = tf.where(tf.equal(ratio, 0.0), tf.constant(MAX_GROWTH, dtype), factor)
     return tf.stop_gradient(dt * factor)
 
 
-def initial_step(func, t0, y0, f0, order, rtol, atol, norm_groups, span=None):
+def initial_step(func, t0, y0, f0, order, rtol, atol, norm_leaves, span=None):
     """Starting step size by Hairer, Norsett & Wanner, Sec. II.4.
 
     `order` is the propagated order of the method. Costs one evaluation of
@@ -59,15 +73,13 @@ def initial_step(func, t0, y0, f0, order, rtol, atol, norm_groups, span=None):
     """
     dtype = t0.dtype
     scale = [a + r * tf.abs(y) for y, r, a in zip(y0, rtol, atol)]
-    d0 = _nest.grouped_norm([y / s for y, s in zip(y0, scale)], norm_groups)
-    d1 = _nest.grouped_norm([f / s for f, s in zip(f0, scale)], norm_groups)
+    d0 = _norm([y / s for y, s in zip(y0, scale)], norm_leaves)
+    d1 = _norm([f / s for f, s in zip(f0, scale)], norm_leaves)
     small = (d0 < 1e-5) | (d1 < 1e-5)
     h0 = tf.where(small, tf.constant(1e-6, dtype), 0.01 * d0 / tf.where(small, tf.ones_like(d1), d1))
     y_probe = tuple(y + h0 * f for y, f in zip(y0, f0))
     f_probe = func(t0 + h0, y_probe)
-    d2 = _nest.grouped_norm(
-        [(fp - f) / s for fp, f, s in zip(f_probe, f0, scale)], norm_groups
-    ) / h0
+    d2 = _norm([(fp - f) / s for fp, f, s in zip(f_probe, f0, scale)], norm_leaves) / h0
     both_tiny = (d1 <= 1e-15) & (d2 <= 1e-15)
     h1 = tf.where(
         both_tiny,
