@@ -118,6 +118,11 @@ def _resolve(problem, T, dtype, mode):
     return problem, T, as_dtype(dtype)
 
 
+BEFORE_TIMED: Optional[Callable[[], None]] = None
+"""Called by every adapter between its warm-up and its timed calls (the
+harness resets the peak-RSS mark there); None: nothing."""
+
+
 def _time_calls(fn: Callable[[], object], repeats: int, warmup: int):
     """Call ``fn`` once (timed as first call), ``warmup`` times, then
     ``repeats`` timed times. ``fn`` must block until its result is ready.
@@ -129,6 +134,8 @@ def _time_calls(fn: Callable[[], object], repeats: int, warmup: int):
     first_ms = (time.perf_counter() - t0) * 1e3
     for _ in range(warmup):
         fn()
+    if BEFORE_TIMED is not None:
+        BEFORE_TIMED()
     times = []
     for _ in range(max(1, repeats)):
         t0 = time.perf_counter()

@@ -2,10 +2,12 @@
 
 Every library runs every case in its own subprocess (so thread pools and JIT
 caches never interfere), on the identical problems of `problems.py`
-(weights drawn once from a seed). Prints a markdown table of NFE, median /
-min / first-call times and errors against the scipy reference, then the
-ratios keras_node / each peer measured in the same run, and keras_node's
-overhead factor (time / (NFE x time of one evaluation)) on the large MLP.
+(weights drawn once from a seed). Prints, per case and library: NFE forward /
+backward, median / min / first-call ms, ms per evaluation, the peak RSS
+increase during the timed calls, and errors against the scipy DOP853
+reference; then the ratios keras_node / each peer measured in the same run,
+keras_node's overhead factor (time / (NFE x time of one evaluation)) on the
+large MLP, and the issue-7 targets checked against this run.
 `--chart PATH` also writes a PNG bar chart (needs matplotlib).
 
 Usage (repository root; peers are optional, see requirements.txt):
@@ -20,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -40,50 +43,135 @@ ADAPTERS = {
     "tfp_xla": peers.run_tfp_xla,
     "diffrax": peers.run_diffrax,
 }
-# (problem, T, dtype, rtol, atol, mode). "mlp_contractive" is the MLP whose
-# cost matches the issue's reference numbers (~205 forward NFE).
+MLP_TOLS = (1e-5, 1e-7)
+CONV_TOLS = (1e-3, 1e-6)
+# (problem, T, mode, tolerances, weight). "mlp_contractive" is the MLP whose
+# cost matches the issue's reference numbers (~205 forward NFE). weight 1:
+# the full --repeats; "few": 3 repeats, 1 warm-up (calls that take seconds
+# on some peers); "once": 1 timed call after the first (XLA-on-CPU conv
+# gradients take about a minute per call for diffrax and tfp).
 CASES = [
-    ("mlp_contractive", 1.0, "float32", 1e-5, 1e-7, "forward"),
-    ("mlp_contractive", 1.0, "float32", 1e-5, 1e-7, "adjoint"),
-    ("mlp_contractive", 1.0, "float32", 1e-5, 1e-7, "backprop"),
-    ("spiral", 25.0, "float32", 1e-5, 1e-7, "forward"),
-    ("mlp_large", 1.0, "float32", 1e-5, 1e-7, "forward"),
-    ("mlp_large", 1.0, "float32", 1e-5, 1e-7, "adjoint"),
+    ("mlp_contractive", 1.0, "forward", MLP_TOLS, 1),
+    ("mlp_contractive", 1.0, "adjoint", MLP_TOLS, 1),
+    ("mlp_contractive", 1.0, "adjoint_nosemi", MLP_TOLS, 1),
+    ("mlp_contractive", 1.0, "backprop", MLP_TOLS, 1),
+    ("mlp_contractive", 4.0, "adjoint", MLP_TOLS, "few"),
+    ("mlp_contractive", 4.0, "backprop", MLP_TOLS, "few"),
+    ("mlp_contractive", 16.0, "adjoint", MLP_TOLS, "few"),
+    ("mlp_contractive", 16.0, "backprop", MLP_TOLS, "few"),
+    ("spiral", 25.0, "forward", MLP_TOLS, 1),
+    ("mlp_large", 1.0, "forward", MLP_TOLS, 1),
+    ("mlp_large", 1.0, "adjoint", MLP_TOLS, "few"),
+    ("conv", 1.0, "forward", CONV_TOLS, "few"),
+    ("conv", 1.0, "adjoint", CONV_TOLS, "once"),
 ]
-CASES_QUICK = CASES[:2] + CASES[3:4]
+QUICK = [0, 1, 8]  # indices of CASES run by --quick
+NO_REFERENCE = ("conv",)  # a 262k-dimensional scipy DOP853 solve at 1e-12 takes too long
+NO_GRADIENT_REFERENCE = ("mlp_large", "conv")
 
 
-def run_worker(library, repeats, warmup, quick):
-    """Run the cases for one library; print one JSON line per case."""
+def _rss_kb(field):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+class _PeakMemory:
+    """Peak RSS increase over the timed calls of one case (Linux).
+
+    `peers._time_calls` calls `before_timed()` after its warm-up; writing 5
+    to /proc/self/clear_refs resets the kernel's high-water mark (VmHWM) to
+    the current RSS, so compile-time memory of the first call is excluded.
+    """
+
+    def __init__(self):
+        self.baseline_kb = None
+
+    def before_timed(self):
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+        except OSError:
+            return
+        self.baseline_kb = _rss_kb("VmRSS")
+
+    def extra_mb(self):
+        if self.baseline_kb is None:
+            return None
+        return (_rss_kb("VmHWM") - self.baseline_kb) / 1024.0
+
+
+def _repeats(weight, repeats, warmup):
+    if weight == "few":
+        return min(repeats, 3), min(warmup, 1)
+    if weight == "once":
+        return 1, 0
+    return repeats, warmup
+
+
+def run_worker(library, repeats, warmup, quick, out_dir):
+    """Run the cases for one library; print one JSON line per case and save
+    its outputs/gradients to `out_dir` for the parent to score."""
     import tensorflow as tf
     tf.get_logger().setLevel("ERROR")
     adapter = ADAPTERS[library]
-    for problem, T, dtype, rtol, atol, mode in (CASES_QUICK if quick else CASES):
-        row = {"library": library, "problem": problem, "T": T, "dtype": dtype,
-               "rtol": rtol, "atol": atol, "mode": mode}
+    for index, (problem, T, mode, (rtol, atol), weight) in enumerate(CASES):
+        if quick and index not in QUICK:
+            continue
+        row = {"library": library, "case": index, "problem": problem, "T": T,
+               "dtype": "float32", "rtol": rtol, "atol": atol, "mode": mode}
+        memory = _PeakMemory()
+        peers.BEFORE_TIMED = memory.before_timed
+        n, w = _repeats(weight, repeats, warmup)
         try:
-            r = adapter(problem, T, dtype, rtol, atol, mode, repeats=repeats, warmup=warmup)
+            r = adapter(problem, T, "float32", rtol, atol, mode, repeats=n, warmup=w)
         except peers.UnsupportedMode as e:
             row["error"] = f"unsupported: {e}"
         except Exception as e:  # noqa: BLE001 - report, keep going
             row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
         else:
-            ref = peers.reference_solution(problem, T)
             row.update({k: r[k] for k in ("variant", "seminorm", "nfe_forward", "nfe_backward",
                                           "median_ms", "min_ms", "first_call_ms", "repeats")})
-            row["out_err"] = peers_baseline._rel_err(r["output"], ref)
-            if r["grad_h0"] is not None and problem != "mlp_large":
-                g = peers.reference_gradient(problem, T)
-                row["grad_h0_err"] = peers_baseline._rel_err(r["grad_h0"], g["h0"])
-                row["grad_param_err"] = max(peers_baseline._rel_err(r["grad_params"][k], g[k])
-                                            for k in r["grad_params"])
+            row["rss_extra_mb"] = memory.extra_mb()
+            row["rss_peak_mb"] = _rss_kb("VmHWM") / 1024.0
+            arrays = {"output": r["output"]}
+            if r["grad_h0"] is not None:
+                arrays["grad_h0"] = r["grad_h0"]
+                arrays.update({"param_" + k: v for k, v in r["grad_params"].items()})
+            np.savez(os.path.join(out_dir, f"{library}_{index}.npz"), **arrays)
+        finally:
+            peers.BEFORE_TIMED = None
         print("@@ROW " + json.dumps(row), flush=True)
     if library == "keras_node" and not quick:
         print("@@OVERHEAD " + json.dumps(overhead_factor()), flush=True)
 
 
-def overhead_factor(repeats=20):
-    """keras_node (auto) on mlp_large: forward time / (NFE x one evaluation)."""
+def score(row, out_dir):
+    """Add errors against the scipy reference to a worker's row."""
+    path = os.path.join(out_dir, f"{row['library']}_{row['case']}.npz")
+    if "error" in row or not os.path.exists(path):
+        return row
+    saved = np.load(path)
+    problem, T = row["problem"], row["T"]
+    if problem not in NO_REFERENCE:
+        row["out_err"] = peers_baseline._rel_err(saved["output"], peers.reference_solution(problem, T))
+    if "grad_h0" in saved and problem not in NO_GRADIENT_REFERENCE:
+        g = peers.reference_gradient(problem, T)
+        row["grad_h0_err"] = peers_baseline._rel_err(saved["grad_h0"], g["h0"])
+        row["grad_param_err"] = max(peers_baseline._rel_err(saved[k], g[k[len("param_"):]])
+                                    for k in saved.files if k.startswith("param_"))
+    return row
+
+
+def overhead_factor(repeats=20, evaluations=100):
+    """keras_node (auto) on mlp_large: forward time / (NFE x one evaluation).
+
+    One evaluation is timed inside a compiled loop of `evaluations` chained
+    evaluations (total / count), so it excludes the per-call dispatch cost
+    that a lone call of a tiny function would be charged with.
+    """
     import tensorflow as tf
 
     from benchmarks.keras_node_adapter import _field
@@ -93,35 +181,125 @@ def overhead_factor(repeats=20):
     params = {k: tf.Variable(v) for k, v in p.params_as("float32").items()}
     f = _field(p, params)
     y0 = tf.constant(p.y0_as("float32"))
-    one = tf.function(lambda y: f(0.0, y), jit_compile=True)
-    one(y0).numpy()
+
+    @tf.function(jit_compile=True, autograph=False)
+    def chained(y):
+        step = lambda i, y: (i + 1, y + 1e-3 * f(0.0, y))  # noqa: E731
+        return tf.while_loop(lambda i, y: i < evaluations, step, (0, y))[1]
+
+    chained(y0).numpy()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        one(y0).numpy()
+        chained(y0).numpy()
         times.append(time.perf_counter() - t0)
-    one_ms = float(np.median(times)) * 1e3
+    one_ms = float(np.median(times)) * 1e3 / evaluations
     r = run_keras_node(p, 1.0, "float32", 1e-5, 1e-7, "forward", repeats=repeats, warmup=2)
     return {"one_eval_ms": one_ms, "forward_ms": r["median_ms"], "nfe": r["nfe_forward"],
             "overhead": r["median_ms"] / (r["nfe_forward"] * one_ms)}
 
 
-def ratio_table(rows):
-    """keras_node (auto) median / each peer's median, per case."""
+def _mode_label(mode):
+    return {"adjoint": "adjoint (seminorm)", "adjoint_nosemi": "adjoint (full norm)"}.get(mode, mode)
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def results_table(rows):
+    """One markdown row per (case, library)."""
+    head = ("| case | library | NFE fwd | NFE bwd | median ms | min ms | first call ms "
+            "| ms / eval | peak RSS +MB | out err | dL/dh0 err | dL/dθ err |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in sorted(rows, key=lambda r: (r["case"], list(ADAPTERS).index(r["library"]))):
+        case = f"{r['problem']} T={r['T']:g} {_mode_label(r['mode'])}"
+        if "error" in r:
+            lines.append(f"| {case} | {r['library']} | {r['error'][:80]} |" + " |" * 9)
+            continue
+        evaluations = (r["nfe_forward"] or 0) + (r["nfe_backward"] or 0)
+        per_eval = r["median_ms"] / evaluations if evaluations else None
+        lines.append(
+            f"| {case} | {r['library']} | {r['nfe_forward']} | {_fmt(r['nfe_backward'], 'd')} "
+            f"| {r['median_ms']:.2f} | {r['min_ms']:.2f} | {r['first_call_ms']:.0f} "
+            f"| {_fmt(per_eval, '.4f')} | {_fmt(r.get('rss_extra_mb'), '.1f')} "
+            f"| {_fmt(r.get('out_err'), '.1e')} | {_fmt(r.get('grad_h0_err'), '.1e')} "
+            f"| {_fmt(r.get('grad_param_err'), '.1e')} |")
+    return "\n".join(lines)
+
+
+def _by_case(rows):
+    return {(r["case"], r["library"]): r for r in rows if "error" not in r}
+
+
+def ratio_table(rows, mine="keras_node"):
+    """`mine`'s median / each peer's median, per case."""
     peers_seen = [lib for lib in ADAPTERS if not lib.startswith("keras_node")]
-    by = {(r["problem"], r["T"], r["mode"], r["library"]): r for r in rows if "error" not in r}
-    lines = ["| case | " + " | ".join(f"keras_node / {p}" for p in peers_seen) + " |",
+    by = _by_case(rows)
+    lines = ["| case | " + " | ".join(f"{mine} / {p}" for p in peers_seen) + " |",
              "|---|" + "---|" * len(peers_seen)]
-    for problem, T, _, _, _, mode in CASES:
-        mine = by.get((problem, T, mode, "keras_node"))
-        if mine is None:
+    for index, (problem, T, mode, _, _) in enumerate(CASES):
+        own = by.get((index, mine))
+        if own is None:
             continue
         cells = []
         for p in peers_seen:
-            theirs = by.get((problem, T, mode, p))
-            cells.append("-" if theirs is None else f"{mine['median_ms'] / theirs['median_ms']:.2f}x")
-        lines.append(f"| {problem} T={T:g} {mode} | " + " | ".join(cells) + " |")
+            theirs = by.get((index, p))
+            cells.append("-" if theirs is None else f"{own['median_ms'] / theirs['median_ms']:.2f}x")
+        lines.append(f"| {problem} T={T:g} {_mode_label(mode)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def acceptance(rows, overhead):
+    """The issue-7 targets, checked on this run (keras_node = the default, auto)."""
+    by = _by_case(rows)
+    checks = []
+
+    def ratio_check(index, peer, bound, label):
+        mine, theirs = by.get((index, "keras_node")), by.get((index, peer))
+        if mine is None or theirs is None:
+            checks.append((label, "not measured", None))
+            return
+        value = mine["median_ms"] / theirs["median_ms"]
+        checks.append((label, f"{value:.2f}x (<= {bound}x)", value <= bound))
+
+    for index, what in ((0, "MLP T=1 forward"), (1, "MLP T=1 fwd + adjoint (seminorm)")):
+        for peer, bound in (("diffrax", 1.0), ("torchdiffeq", 0.2), ("tfp_xla", 0.5)):
+            ratio_check(index, peer, bound, f"{what} vs {peer}")
+    for peer, bound in (("diffrax", 2.0), ("torchdiffeq", 0.01)):
+        ratio_check(8, peer, bound, f"spiral forward vs {peer}")
+    if overhead:
+        checks.append(("overhead factor, mlp_large forward", f"{overhead['overhead']:.2f} (<= 1.5)",
+                       overhead["overhead"] <= 1.5))
+    mine = by.get((0, "keras_node"))
+    for peer in ("torchdiffeq", "diffrax"):
+        theirs = by.get((0, peer))
+        if mine and theirs:
+            value = mine["nfe_forward"] / theirs["nfe_forward"]
+            checks.append((f"forward NFE vs {peer}", f"{mine['nfe_forward']} / {theirs['nfe_forward']}"
+                           f" = {value:.3f} (within 10%)", abs(value - 1) <= 0.1))
+    mine, theirs = by.get((1, "keras_node")), by.get((1, "diffrax"))
+    if mine and theirs:
+        checks.append(("backward NFE (seminorm) vs diffrax",
+                       f"{mine['nfe_backward']} vs {theirs['nfe_backward']} (<=)",
+                       mine["nfe_backward"] <= theirs["nfe_backward"]))
+    for mode, want in (("adjoint", "flat"), ("backprop", "grows")):
+        peaks = {T: by.get((i, "keras_node")) for i, (p, T, m, _, _) in enumerate(CASES)
+                 if p == "mlp_contractive" and m == mode and T in (1.0, 16.0)}
+        if all(peaks.values()) and len(peaks) == 2:
+            low, high = peaks[1.0]["rss_peak_mb"], peaks[16.0]["rss_peak_mb"]
+            grow = (peaks[16.0]["rss_extra_mb"], peaks[1.0]["rss_extra_mb"])
+            ok = high <= 1.1 * low if want == "flat" else grow[0] > grow[1]
+            checks.append((f"{mode} peak RSS T=16 vs T=1 ({want})",
+                           f"{high:.0f} vs {low:.0f} MB (timed calls: +{grow[0]:.1f} vs "
+                           f"+{grow[1]:.1f} MB)", ok))
+    lines = ["| target | measured | met |", "|---|---|---|"]
+    for label, value, ok in checks:
+        lines.append(f"| {label} | {value} | {'-' if ok is None else ('yes' if ok else 'NO')} |")
+    return "\n".join(lines)
+
+
+CHART_CASES = [0, 1, 8, 9, 10, 11]
 
 
 def chart(rows, path):
@@ -130,20 +308,22 @@ def chart(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cases = [(c[0], c[1], c[5]) for c in CASES]
-    libs = list(ADAPTERS)
-    by = {(r["problem"], r["T"], r["mode"], r["library"]): r["median_ms"]
-          for r in rows if "error" not in r}
+    by = _by_case(rows)
+    libs = [lib for lib in ADAPTERS if any(r["library"] == lib for r in rows)]
     fig, ax = plt.subplots(figsize=(11, 4.5))
     width = 0.8 / len(libs)
     for j, lib in enumerate(libs):
-        values = [by.get(c + (lib,), np.nan) for c in cases]
-        ax.bar(np.arange(len(cases)) + j * width, values, width, label=lib)
-    ax.set_xticks(np.arange(len(cases)) + 0.4 - width / 2)
-    ax.set_xticklabels([f"{p}\nT={T:g} {m}" for p, T, m in cases], fontsize=8)
+        values = [by[(i, lib)]["median_ms"] if (i, lib) in by else np.nan for i in CHART_CASES]
+        ax.bar(np.arange(len(CHART_CASES)) + j * width, values, width, label=lib)
+    ax.set_xticks(np.arange(len(CHART_CASES)) + 0.4 - width / 2)
+    labels = []
+    for i in CHART_CASES:
+        problem, T, mode, _, _ = CASES[i]
+        labels.append(f"{problem}\nT={T:g} {mode}")
+    ax.set_xticklabels(labels, fontsize=8)
     ax.set_yscale("log")
-    ax.set_ylabel("median ms (log)")
-    ax.set_title("keras_node vs peers (2-core CPU, float32, dopri5 rtol=1e-5 atol=1e-7)")
+    ax.set_ylabel("median ms (log scale; lower is better)")
+    ax.set_title("keras_node vs peers: 2-core CPU, float32, dopri5")
     ax.legend(fontsize=8, ncol=4)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -154,39 +334,50 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--libraries", default=",".join(ADAPTERS))
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="3 cases, 3 repeats (smoke test)")
     ap.add_argument("--chart", default=None)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--out-dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:
         args.repeats, args.warmup = 3, 1
     if args.worker:
-        run_worker(args.worker, args.repeats, args.warmup, args.quick)
+        run_worker(args.worker, args.repeats, args.warmup, args.quick, args.out_dir)
         return 0
     info = peers_baseline.machine_info()
     print(f"# keras_node benchmarks ({info['date']})")
     print(f"machine: nproc={info['nproc']}, CPU: {info['cpu']}, Python {info['python']}, "
           f"load average at start {info['load']}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
-    print(f"repeats={args.repeats}, warmup={args.warmup}; torchdiffeq on 1 thread\n", flush=True)
+    print(f"repeats={args.repeats}, warmup={args.warmup} (fewer for the slow cases, see CASES); "
+          "torchdiffeq on 1 thread\n", flush=True)
     rows, overhead = [], None
-    for lib in args.libraries.split(","):
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", lib, "--repeats",
-               str(args.repeats), "--warmup", str(args.warmup)] + (["--quick"] if args.quick else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        for line in proc.stdout.splitlines():
-            if line.startswith("@@ROW "):
-                rows.append(json.loads(line[6:]))
-            elif line.startswith("@@OVERHEAD "):
-                overhead = json.loads(line[11:])
-        if proc.returncode != 0:
-            print(f"worker {lib} failed:\n" + "\n".join(proc.stderr.splitlines()[-10:]), file=sys.stderr)
-    print(peers_baseline.markdown_table(rows))
+    with tempfile.TemporaryDirectory() as out_dir:
+        for lib in args.libraries.split(","):
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", lib, "--repeats",
+                   str(args.repeats), "--warmup", str(args.warmup), "--out-dir", out_dir]
+            started = time.perf_counter()
+            proc = subprocess.run(cmd + (["--quick"] if args.quick else []),
+                                  capture_output=True, text=True)
+            print(f"[{lib}: {time.perf_counter() - started:.0f} s]", file=sys.stderr, flush=True)
+            for line in proc.stdout.splitlines():
+                if line.startswith("@@ROW "):
+                    rows.append(score(json.loads(line[6:]), out_dir))
+                elif line.startswith("@@OVERHEAD "):
+                    overhead = json.loads(line[11:])
+            if proc.returncode != 0:
+                print(f"worker {lib} failed:\n" + "\n".join(proc.stderr.splitlines()[-10:]),
+                      file=sys.stderr)
+    print(results_table(rows))
     print("\nRatios of medians (< 1: keras_node faster):\n")
     print(ratio_table(rows))
+    print("\nSame, for the whole step under XLA (keras_node_xla):\n")
+    print(ratio_table(rows, mine="keras_node_xla"))
     if overhead:
-        print(f"\nOverhead factor, mlp_large forward: {overhead['forward_ms']:.1f} ms / "
+        print(f"\nOverhead factor, mlp_large forward: {overhead['forward_ms']:.2f} ms / "
               f"({overhead['nfe']} NFE x {overhead['one_eval_ms']:.3f} ms) = {overhead['overhead']:.2f}")
+    print("\nTargets (issue 7):\n")
+    print(acceptance(rows, overhead))
     print(f"\nload average at end: {peers_baseline.load_average()}")
     if args.chart:
         chart(rows, args.chart)
