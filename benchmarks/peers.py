@@ -118,8 +118,8 @@ def _resolve(problem, T, dtype, mode):
     return problem, T, as_dtype(dtype)
 
 
-BEFORE_TIMED: Optional[Callable[[], None]] = None
-"""Called by every adapter between its warm-up and its timed calls (the
+BEFORE_FIRST_CALL: Optional[Callable[[], None]] = None
+"""Called by every adapter just before its first (compiling) call (the
 harness resets the peak-RSS mark there); None: nothing."""
 
 
@@ -129,13 +129,13 @@ def _time_calls(fn: Callable[[], object], repeats: int, warmup: int):
 
     Returns ``(first_result, first_call_ms, median_ms, min_ms)``.
     """
+    if BEFORE_FIRST_CALL is not None:
+        BEFORE_FIRST_CALL()
     t0 = time.perf_counter()
     first = fn()
     first_ms = (time.perf_counter() - t0) * 1e3
     for _ in range(warmup):
         fn()
-    if BEFORE_TIMED is not None:
-        BEFORE_TIMED()
     times = []
     for _ in range(max(1, repeats)):
         t0 = time.perf_counter()

@@ -66,6 +66,12 @@ CASES = [
     ("conv", 1.0, "adjoint", CONV_TOLS, "once"),
 ]
 QUICK = [0, 1, 8]  # indices of CASES run by --quick
+SKIP = {
+    # tfp_graph stops this case with an error after max_num_steps; the XLA
+    # build ran for 27 minutes without finishing (2026-11-28), so it is not
+    # attempted.
+    (6, "tfp_xla"): "skipped: tfp_graph fails this case (max steps); tfp_xla ran 27 min unfinished",
+}
 NO_REFERENCE = ("conv",)  # a 262k-dimensional scipy DOP853 solve at 1e-12 takes too long
 NO_GRADIENT_REFERENCE = ("mlp_large", "conv")
 
@@ -79,17 +85,21 @@ def _rss_kb(field):
 
 
 class _PeakMemory:
-    """Peak RSS increase over the timed calls of one case (Linux).
+    """Peak RSS increase over all the calls of one case (Linux).
 
-    `peers._time_calls` calls `before_timed()` after its warm-up; writing 5
-    to /proc/self/clear_refs resets the kernel's high-water mark (VmHWM) to
-    the current RSS, so compile-time memory of the first call is excluded.
+    `peers._time_calls` calls `before_first_call()` once the problem is set
+    up; writing 5 to /proc/self/clear_refs resets the kernel's high-water
+    mark (VmHWM) to the current RSS. The increase includes what the first
+    call compiles, and memory the allocators already hold from earlier cases
+    of the same worker is reused, not counted again: compare rows of one
+    library across T (benchmarks/adjoint_memory.py measures in a fresh
+    process per row).
     """
 
     def __init__(self):
         self.baseline_kb = None
 
-    def before_timed(self):
+    def before_first_call(self):
         try:
             with open("/proc/self/clear_refs", "w") as fh:
                 fh.write("5")
@@ -122,8 +132,12 @@ def run_worker(library, repeats, warmup, quick, out_dir):
             continue
         row = {"library": library, "case": index, "problem": problem, "T": T,
                "dtype": "float32", "rtol": rtol, "atol": atol, "mode": mode}
+        if (index, library) in SKIP:
+            row["error"] = SKIP[(index, library)]
+            print("@@ROW " + json.dumps(row), flush=True)
+            continue
         memory = _PeakMemory()
-        peers.BEFORE_TIMED = memory.before_timed
+        peers.BEFORE_FIRST_CALL = memory.before_first_call
         n, w = _repeats(weight, repeats, warmup)
         try:
             r = adapter(problem, T, "float32", rtol, atol, mode, repeats=n, warmup=w)
@@ -142,10 +156,35 @@ def run_worker(library, repeats, warmup, quick, out_dir):
                 arrays.update({"param_" + k: v for k, v in r["grad_params"].items()})
             np.savez(os.path.join(out_dir, f"{library}_{index}.npz"), **arrays)
         finally:
-            peers.BEFORE_TIMED = None
+            peers.BEFORE_FIRST_CALL = None
         print("@@ROW " + json.dumps(row), flush=True)
     if library == "keras_node" and not quick:
         print("@@OVERHEAD " + json.dumps(overhead_factor()), flush=True)
+
+
+def merge_processes(rows):
+    """One row per (case, library) from the rows of several worker processes:
+    the median of their medians, the min of their mins, each process's
+    median kept in `process_medians` (TF runs show a bimodal per-process
+    speed on this machine, see RESULTS.md)."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["case"], r["library"]), []).append(r)
+    merged = []
+    for group in groups.values():
+        ok = [r for r in group if "error" not in r]
+        if not ok:
+            merged.append(group[0])
+            continue
+        row = dict(ok[0])
+        row["process_medians"] = [r["median_ms"] for r in ok]
+        row["median_ms"] = float(np.median(row["process_medians"]))
+        row["min_ms"] = min(r["min_ms"] for r in ok)
+        row["first_call_ms"] = float(np.median([r["first_call_ms"] for r in ok]))
+        extras = [r["rss_extra_mb"] for r in ok if r.get("rss_extra_mb") is not None]
+        row["rss_extra_mb"] = float(np.median(extras)) if extras else None
+        merged.append(row)
+    return merged
 
 
 def score(row, out_dir):
@@ -287,12 +326,13 @@ def acceptance(rows, overhead):
         peaks = {T: by.get((i, "keras_node")) for i, (p, T, m, _, _) in enumerate(CASES)
                  if p == "mlp_contractive" and m == mode and T in (1.0, 16.0)}
         if all(peaks.values()) and len(peaks) == 2:
-            low, high = peaks[1.0]["rss_peak_mb"], peaks[16.0]["rss_peak_mb"]
-            grow = (peaks[16.0]["rss_extra_mb"], peaks[1.0]["rss_extra_mb"])
-            ok = high <= 1.1 * low if want == "flat" else grow[0] > grow[1]
-            checks.append((f"{mode} peak RSS T=16 vs T=1 ({want})",
-                           f"{high:.0f} vs {low:.0f} MB (timed calls: +{grow[0]:.1f} vs "
-                           f"+{grow[1]:.1f} MB)", ok))
+            high, low = peaks[16.0]["rss_extra_mb"], peaks[1.0]["rss_extra_mb"]
+            if high is None or low is None:
+                continue
+            # "flat": within 10% of the T=1 process peak; "grows": more than at T=1.
+            ok = high <= low + 0.1 * peaks[1.0]["rss_peak_mb"] if want == "flat" else high > low
+            checks.append((f"keras_node {mode}: RSS increase of the case, T=16 vs T=1 ({want})",
+                           f"+{high:.1f} vs +{low:.1f} MB", ok))
     lines = ["| target | measured | met |", "|---|---|---|"]
     for label, value, ok in checks:
         lines.append(f"| {label} | {value} | {'-' if ok is None else ('yes' if ok else 'NO')} |")
@@ -336,6 +376,9 @@ def main(argv=None):
     ap.add_argument("--libraries", default=",".join(ADAPTERS))
     ap.add_argument("--quick", action="store_true", help="3 cases, 3 repeats (smoke test)")
     ap.add_argument("--chart", default=None)
+    ap.add_argument("--processes", type=int, default=1,
+                    help="run each library's worker this many times; report the median of "
+                         "the per-process medians")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--out-dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -350,10 +393,10 @@ def main(argv=None):
           f"load average at start {info['load']}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
     print(f"repeats={args.repeats}, warmup={args.warmup} (fewer for the slow cases, see CASES); "
-          "torchdiffeq on 1 thread\n", flush=True)
-    rows, overhead = [], None
+          f"{args.processes} worker process(es) per library; torchdiffeq on 1 thread\n", flush=True)
+    rows, overheads = [], []
     with tempfile.TemporaryDirectory() as out_dir:
-        for lib in args.libraries.split(","):
+        for lib in args.libraries.split(",") * args.processes:
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", lib, "--repeats",
                    str(args.repeats), "--warmup", str(args.warmup), "--out-dir", out_dir]
             started = time.perf_counter()
@@ -364,11 +407,21 @@ def main(argv=None):
                 if line.startswith("@@ROW "):
                     rows.append(score(json.loads(line[6:]), out_dir))
                 elif line.startswith("@@OVERHEAD "):
-                    overhead = json.loads(line[11:])
+                    overheads.append(json.loads(line[11:]))
             if proc.returncode != 0:
                 print(f"worker {lib} failed:\n" + "\n".join(proc.stderr.splitlines()[-10:]),
                       file=sys.stderr)
+    rows = merge_processes(rows)
+    overhead = None
+    if overheads:
+        overhead = {k: float(np.median([o[k] for o in overheads])) for k in overheads[0]}
     print(results_table(rows))
+    if args.processes > 1:
+        print("\nPer-process medians (ms) of the T=1 MLP and spiral cases:\n")
+        for r in sorted(rows, key=lambda r: (r["case"], list(ADAPTERS).index(r["library"]))):
+            if r["case"] in (0, 1, 8) and "process_medians" in r:
+                spread = ", ".join(f"{m:.2f}" for m in r["process_medians"])
+                print(f"- {r['problem']} {r['mode']} {r['library']}: {spread}")
     print("\nRatios of medians (< 1: keras_node faster):\n")
     print(ratio_table(rows))
     print("\nSame, for the whole step under XLA (keras_node_xla):\n")
