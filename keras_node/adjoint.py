@@ -43,10 +43,12 @@ DEFAULT_CHECKPOINTS = 16
 """Default `adjoint_checkpoints`, chosen from benchmarks/checkpoints.py (see
 benchmarks/RESULTS.md): on a contractive MLP field (float64, rtol 1e-5) the
 plain backsolve adjoint's dL/dh0 error is 0.31 / 8.9 / 6e18 at T = 1 / 4 / 16;
-with K = 16 it is 2.6e-3 / 3.1e-2 / 0.50, as good as direct backprop
-(2.9e-3 / 6.8e-2 / 0.50), for +1.5% backward evaluations at T = 1. K = 8 is
-enough up to T ~ 4 but 2.3x backprop's error at T = 16. Short solves use
-fewer of them (`STEPS_PER_ANCHOR`)."""
+with K = 16 it is 2.7e-3 / 3.8e-2 / 0.50, as good as direct backprop
+(2.9e-3 / 6.8e-2 / 0.50), for no more backward evaluations than K = 0
+(462 vs 464 at T = 1; fewer at T = 4 and 16, where a backward solve that stays
+on the trajectory needs fewer steps). K = 8 is enough up to T ~ 4 but 2.3x
+backprop's error at T = 16. Short solves use fewer of them
+(`STEPS_PER_ANCHOR`)."""
 
 
 class AdjointStats:
@@ -107,13 +109,15 @@ def odeint_adjoint(
             uses the forward `step_size`).
         adjoint_seminorm: leave the parameter-gradient integral out of the
             backward error norm (Kidger et al. 2021): fewer backward steps
-            with no loss of accuracy in the state and adjoint.
+            with no loss of accuracy in the state and adjoint. The backward
+            error norm is the RMS over all components of the state and the
+            adjoint (plus the parameter integral without the seminorm).
         adjoint_checkpoints: K >= 0. The forward pass also stores the state
             at K uniformly spaced times and the backward pass re-anchors z
             there. K = 0 is the plain backsolve adjoint, which can be wrong by
             orders of magnitude on contractive dynamics over long horizons.
             Memory is K extra states. The backward pass re-anchors at no more
-            than one stored checkpoint per 4 forward steps (evenly chosen),
+            than one stored checkpoint per 8 forward steps (evenly chosen),
             so short, easy solves do not pay a backward step per checkpoint.
             Default: `DEFAULT_CHECKPOINTS` (16).
         backward_stats: an optional `keras_node.AdjointStats` that receives

@@ -128,7 +128,10 @@ def test_saved_model_of_resumed_model_serves_its_outputs(resumed, tmp_path):
     loaded.export(path, verbose=False)
     reloaded = tf.saved_model.load(path)  # keep a reference: it owns the variables
     served = reloaded.serve(tf.constant(x)).numpy()
-    np.testing.assert_array_equal(served, loaded.predict(x, verbose=0))
+    # Same weights and solver; the exported graph and Keras' predict may fuse
+    # float32 ops differently, so they agree to round-off, not bit for bit
+    # (measured: 4.8e-7 at most).
+    np.testing.assert_allclose(served, loaded.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------- ModelCheckpoint
