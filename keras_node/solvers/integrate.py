@@ -179,14 +179,20 @@ def _adaptive_step(s, func, t_out, num_out, tableau, rtol, atol, norm_leaves, cl
     ratio = step_control.error_ratio(y_error, s.y, y1, rtol, atol, norm_leaves)
     accept = ratio <= 1.0  # False for NaN: a non-finite step is a rejected step
     t1 = s.t + dt
-    coefficients = interpolation.fit(s.y, y1, s.f, f1, dt, k, tableau.c_mid)
-    out_index, ys = _write_due_outputs(
-        s.ys, s.out_index, t_out, num_out, t1,
-        # divide_no_nan: a zero-length step (an output time repeated, as
-        # merged checkpoints can produce) evaluates at its start.
-        lambda t: interpolation.evaluate(coefficients, tf.math.divide_no_nan(t - s.t, dt)),
-        allowed=accept,
-    )
+    if clip_to_end and num_out == 2:
+        # The only output after the start is the end, which the clipped step
+        # lands on: it is y1, and no dense-output polynomial is needed.
+        def value_at(_):
+            return y1
+    else:
+        coefficients = interpolation.fit(s.y, y1, s.f, f1, dt, k, tableau.c_mid)
+
+        def value_at(t):
+            # divide_no_nan: a zero-length step (an output time repeated, as
+            # merged checkpoints can produce) evaluates at its start.
+            return interpolation.evaluate(coefficients, tf.math.divide_no_nan(t - s.t, dt))
+    out_index, ys = _write_due_outputs(s.ys, s.out_index, t_out, num_out, t1, value_at,
+                                       allowed=accept)
     t_new = tf.where(accept, t1, s.t)
     y_new = _nest.where(accept, y1, s.y)
     f_new = _nest.where(accept, f1, s.f)
