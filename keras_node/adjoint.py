@@ -254,8 +254,7 @@ class _BackwardSettings:
         self.rtol = problem.rtol if rtol is None else _inputs.tolerances(rtol, problem.state, "adjoint_rtol")
         self.atol = problem.atol if atol is None else _inputs.tolerances(atol, problem.state, "adjoint_atol")
         _inputs.check_both_tolerances(self.rtol, self.atol, ("adjoint_rtol", "adjoint_atol"))
-        if not isinstance(seminorm, bool):
-            raise TypeError(f"adjoint_seminorm must be True or False. Received: adjoint_seminorm={seminorm!r}")
+        _inputs.check_bool(seminorm, "adjoint_seminorm")
         if isinstance(checkpoints, bool) or not isinstance(checkpoints, int) or checkpoints < 0:
             raise ValueError(
                 "adjoint_checkpoints must be an integer >= 0 (0: plain backsolve adjoint). "

@@ -108,9 +108,7 @@ class ODELayer(keras.layers.Layer):
         self.method = method
         self.rtol = _config_tolerance(rtol, "rtol")
         self.atol = _config_tolerance(atol, "atol")
-        if not np.any(np.asarray(self.rtol)) and not np.any(np.asarray(self.atol)):
-            raise ValueError("rtol and atol cannot both be zero: no step could pass the error "
-                             "test. Received: rtol=0, atol=0")
+        _inputs.check_both_tolerances([self.rtol], [self.atol])
         self.gradient = gradient
         self.return_sequences = return_sequences
         self.first_step = _config_step(first_step, "first_step")

@@ -1,7 +1,8 @@
 """Adaptive step-size control: pure functions with their defaults in one place.
 
-Conventions (shared with torchdiffeq and diffrax so that, given the same
-tableau, we take the same decisions and the same number of steps):
+Conventions (the forward solve shares them with torchdiffeq, so that, given
+the same tableau, it takes the same decisions and the same number of steps;
+the adjoint's backward solve departs where noted):
 
 - Error ratio: the norm of `y_error / (atol + rtol * max(|y0|, |y1|))`,
   an RMS over all components of the leaves in the norm (`norm_leaves`:
@@ -18,9 +19,10 @@ tableau, we take the same decisions and the same number of steps):
   accepted with a ratio near 1 is followed by a slightly smaller one rather
   than an equal one that is likely to fail. The forward solve keeps the
   torchdiffeq rule (step-for-step parity); the adjoint's backward solve uses
-  Hairer's, which halves its rejected steps (benchmarks/RESULTS.md). We rejected a PI controller for now: its gains would
-  need per-method tuning and would break step-for-step parity with the
-  reference implementations we test against.
+  Hairer's, which halves its rejected steps (benchmarks/RESULTS.md). No PI
+  controller: tried on the backward solve it cut rejections on hard problems
+  but slowed step growth on easy ones (RESULTS.md 2b), and its gains would
+  need per-method tuning.
 - Step sizes carry no gradient (`tf.stop_gradient`): differentiating through
   the controller would add terms describing how the *mesh* moves with the
   parameters, which is noise from the discretisation, not part of dy/dθ.
@@ -41,11 +43,13 @@ def _norm(leaves, norm_leaves):
 
 def error_ratio(y_error, y0, y1, rtol, atol, norm_leaves):
     """Scaled error norm of one step (a scalar; <= 1 means accept)."""
+    # Only the leaves in the norm are scaled: the seminorm's parameter vector
+    # would be work thrown away on every backward step.
     scaled = [
-        e / (a + r * tf.maximum(tf.abs(u), tf.abs(v)))
-        for e, u, v, r, a in zip(y_error, y0, y1, rtol, atol)
+        y_error[i] / (atol[i] + rtol[i] * tf.maximum(tf.abs(y0[i]), tf.abs(y1[i])))
+        for i in norm_leaves
     ]
-    return tf.stop_gradient(_norm(scaled, norm_leaves))
+    return tf.stop_gradient(_nest.rms_norm(scaled))
 
 
 def next_step_size(dt, ratio, accept, order, shrink_after_accept=False):
