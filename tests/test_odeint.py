@@ -6,6 +6,7 @@ its own epsilon.
 
 import numpy as np
 import pytest
+import scipy.linalg
 import tensorflow as tf
 
 import keras_node
@@ -16,6 +17,7 @@ from problems import (
     EXP_DECAY,
     FIXED_METHODS,
     LINEAR,
+    LINEAR_A,
     NESTED,
     TIME_DEPENDENT,
     assert_close,
@@ -462,6 +464,58 @@ def test_output_times_do_not_shorten_adaptive_steps(method):
     assert_close(
         np.asarray(ys_dense)[-1], np.asarray(ys_ends)[-1], roundoff_tolerance(tf.float64)
     )
+
+
+@pytest.mark.parametrize("method", ["dopri5", "bosh3"])
+def test_xla_loop_layouts_take_the_same_steps(method, monkeypatch):
+    """Under XLA the solver attempts steps in an inner loop between output
+    times, except while a tape records (XLA then differentiates a loop of
+    single attempts). Both layouts, and the plain graph, must take the same
+    steps and write the same outputs; the times mix many outputs per step
+    with several steps per output."""
+    from keras_node.solvers import integrate as integrate_module
+
+    layouts = []
+    choose = integrate_module.attempts_in_inner_loop
+
+    def spy(y0):
+        layouts.append(choose(y0))
+        return layouts[-1]
+
+    monkeypatch.setattr(integrate_module, "attempts_in_inner_loop", spy)
+    t = np.concatenate([np.linspace(0.0, 0.5, 120), [0.75, 1.25, 2.0, 3.0]])
+    y0 = LINEAR.initial_value(0.0, tf.float64)
+    kwargs, tol = solver_settings(method, tf.float64, span=3.0)
+
+    def solve(y0):
+        return keras_node.odeint(LINEAR.func, y0, t, return_stats=True, **kwargs)
+
+    def solve_recorded(y0):
+        with tf.GradientTape() as tape:
+            tape.watch(y0)
+            ys, stats = solve(y0)
+            loss = tf.reduce_sum(ys[-1])
+        return ys, stats, tape.gradient(loss, y0)
+
+    ys_graph, stats_graph = tf.function(solve, jit_compile=False)(y0)
+    ys_inner, stats_inner = tf.function(solve, jit_compile=True)(y0)
+    _, _, grad_graph = tf.function(solve_recorded, jit_compile=False)(y0)
+    ys_flat, stats_flat, grad_flat = tf.function(solve_recorded, jit_compile=True)(y0)
+    assert layouts == [True, True, True, False]
+    for stats in (stats_inner, stats_flat):
+        for key in ("nfe", "num_steps", "num_rejected", "status"):
+            assert int(stats[key]) == int(stats_graph[key])
+    # Fewer steps than the 120 outputs in [0, 0.5] (some step covers several),
+    # many more than the 4 intervals after it (some take several steps).
+    assert 12 < int(stats_graph["num_steps"]) < 120
+    for ys in (ys_inner, ys_flat):
+        assert_close(np.asarray(ys), np.asarray(ys_graph), roundoff_tolerance(tf.float64))
+    assert_close(np.asarray(ys_graph), LINEAR.exact(t), tol)
+    # Gradients through both layouts: d sum(y(3)) / dy0 = expm(3 A)^T 1.
+    exact_grad = scipy.linalg.expm(3.0 * LINEAR_A).T @ np.ones(3)
+    for grad in (grad_graph, grad_flat):
+        assert_close(np.asarray(grad), exact_grad, tol)
+    assert_close(np.asarray(grad_flat), np.asarray(grad_graph), roundoff_tolerance(tf.float64))
 
 
 # --- execution regimes -------------------------------------------------------------------------

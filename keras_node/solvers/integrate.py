@@ -11,12 +11,18 @@ differentiate through it) and outputs go into pre-sized TensorArrays.
 from typing import NamedTuple, Tuple
 
 import tensorflow as tf
+from tensorflow.python.eager import record
 
 from keras_node import _nest
 from keras_node import _status
 from keras_node.solvers import interpolation
 from keras_node.solvers import step_control
 from keras_node.solvers.rk_step import rk_step
+
+
+# XLA's CPU runtime runs a loop body sequentially when every buffer it
+# touches is at most this big (see `attempts_in_inner_loop`).
+_SMALL_BUFFER_BYTES = 512
 
 
 class Solution(NamedTuple):
@@ -50,6 +56,9 @@ class _LoopState(NamedTuple):
     num_steps: tf.Tensor
     num_rejected: tf.Tensor
     status: tf.Tensor
+    step_start: tf.Tensor  # start of the last accepted step (for dense output)
+    step_dt: tf.Tensor  # length of the last accepted step
+    polynomial: tuple  # its dense-output coefficients, per leaf (empty if unused)
 
 
 def _static_or_dynamic_length(t_out):
@@ -142,20 +151,37 @@ def integrate(
     arrays = tuple(
         tf.TensorArray(dtype, size=num_out, element_shape=y.shape).write(0, y) for y in y0
     )
+    # With clip_to_end and one output after the start, that output is the
+    # state the clipped last step lands on: no dense-output polynomial.
+    dense = tableau.adaptive and not (clip_to_end and num_out == 2)
+    inner_loop = tableau.adaptive and attempts_in_inner_loop(y0)
     state = _LoopState(
         t=t0, y=y0, f=f0, dt=dt0, error_ratio=tf.zeros([], dtype),
         out_index=tf.constant(1, tf.int32), ys=arrays, nfe=nfe,
         num_steps=tf.constant(0, tf.int32), num_rejected=tf.constant(0, tf.int32),
-        status=status,
+        status=status, step_start=t0, step_dt=tf.zeros([], dtype),
+        polynomial=(interpolation.constant(y0, tableau.c_mid is not None)
+                    if dense and inner_loop else ()),
     )
-    def keep_going(s):
-        return (s.out_index < num_out) & tf.equal(s.status, _status.SUCCESS)
 
-    def body(s):
-        if tableau.adaptive:
-            return _adaptive_step(s, func, t_out, num_out, tableau, rtol, atol, norm_leaves,
-                                  clip_to_end, shrink_after_accept)
-        return _fixed_step(s, func, t_out, num_out, tableau, step_size)
+    def keep_going(s):
+        return ((s.out_index < num_out) & tf.equal(s.status, _status.SUCCESS)
+                & (s.num_steps + s.num_rejected < max_num_steps))
+
+    if tableau.adaptive:
+        t_end = tf.gather(t_out, num_out - 1)
+
+        def attempt(s):
+            return _attempt_step(s, func, t_end, tableau, rtol, atol, norm_leaves,
+                                 clip_to_end, shrink_after_accept, dense)
+
+        if inner_loop:
+            body = _steps_then_outputs(attempt, keep_going, t_out, num_out)
+        else:
+            body = _step_and_outputs(attempt, t_out, num_out)
+    else:
+        def body(s):
+            return (_fixed_step(s, func, t_out, num_out, tableau, step_size),)
 
     final = tf.while_loop(keep_going, body, (state,), maximum_iterations=max_num_steps)[0]
     unfinished = (final.out_index < num_out) & tf.equal(final.status, _status.SUCCESS)
@@ -167,35 +193,109 @@ def integrate(
     )
 
 
-def _adaptive_step(s, func, t_out, num_out, tableau, rtol, atol, norm_leaves, clip_to_end,
-                   shrink_after_accept):
-    """Attempt one step of size s.dt; accept or reject it; write outputs."""
+def attempts_in_inner_loop(y0):
+    """Whether a solve of the state `y0` (a tuple of leaves) attempts its
+    steps in an inner loop between output times (`_steps_then_outputs`)
+    rather than one per iteration (`_step_and_outputs`).
+
+    Why two layouts: XLA's CPU runtime runs a loop body's operations one
+    after the other only when every buffer the body touches is at most 512
+    bytes (or the body is at most 8 operations); otherwise it schedules them
+    concurrently on TensorFlow's thread pool, whose hand-offs cost a
+    2-component solve with 1000 outputs a third of its time
+    (benchmarks/RESULTS.md, 2b). With the outputs written outside the loop
+    that attempts steps, that loop touches only state-sized buffers, which
+    for a small state stay under the limit. For large states the body runs
+    concurrently either way, and the single loop measured faster (the inner
+    loop must carry the last step's polynomial). And under XLA while a tape
+    records, XLA may differentiate the loop, and its gradient of a loop
+    nested in a loop keeps every intermediate for outer x inner maximum
+    iterations: one attempt per iteration there.
+    """
+    small = all(
+        y.shape.is_fully_defined() and y.shape.num_elements() * y.dtype.size <= _SMALL_BUFFER_BYTES
+        for y in y0
+    )
+    return small and not (_status.in_xla_context() and record.could_possibly_record())
+
+
+def _step_and_outputs(attempt, t_out, num_out):
+    """Loop body: attempt one step, then write the outputs it covers (if
+    accepted) from its dense-output polynomial."""
+
+    def body(s):
+        new, accept, (start, dt, polynomial) = attempt(s)
+        out_index, ys = _write_due_outputs(s.ys, s.out_index, t_out, num_out, start + dt,
+                                           _dense_output(start, dt, polynomial, new.y),
+                                           allowed=accept)
+        return (new._replace(out_index=out_index, ys=ys),)
+
+    return body
+
+
+def _steps_then_outputs(attempt, keep_going, t_out, num_out):
+    """Loop body: attempt steps until one ends at or past the next output
+    time, then write the outputs the last accepted step covers."""
+    last = num_out - 1
+
+    def body(s):
+        target = tf.gather(t_out, tf.minimum(s.out_index, last))
+
+        def before_target(s):
+            return (s.t < target) & keep_going(s)
+
+        def step(s):
+            new, accept, (start, dt, polynomial) = attempt(s)
+            return (new._replace(
+                step_start=tf.where(accept, start, s.step_start),
+                step_dt=tf.where(accept, dt, s.step_dt),
+                polynomial=tuple(_nest.where(accept, p_new, p_old)
+                                 for p_new, p_old in zip(polynomial, s.polynomial)),
+            ),)
+
+        # The output buffers stay out of the inner loop (attempts_in_inner_loop).
+        stepped = tf.while_loop(before_target, step, (s._replace(ys=()),))[0]
+        value_at = _dense_output(stepped.step_start, stepped.step_dt, stepped.polynomial,
+                                 stepped.y)
+        out_index, ys = _write_due_outputs(s.ys, s.out_index, t_out, num_out, stepped.t,
+                                           value_at)
+        return (stepped._replace(out_index=out_index, ys=ys),)
+
+    return body
+
+
+def _dense_output(start, dt, polynomial, y_end):
+    """`value_at(t)` inside the step [start, start + dt]: the polynomial, or
+    (without one: the step lands on the only output) the end state."""
+    if not polynomial:
+        return lambda _: y_end
+
+    def value_at(t):
+        # divide_no_nan: a zero-length step (an output time repeated, as
+        # merged checkpoints can produce) evaluates at its start.
+        return interpolation.evaluate(polynomial, tf.math.divide_no_nan(t - start, dt))
+
+    return value_at
+
+
+def _attempt_step(s, func, t_end, tableau, rtol, atol, norm_leaves, clip_to_end,
+                  shrink_after_accept, dense):
+    """Attempt one step of size s.dt towards `t_end`; accept or reject it.
+
+    Returns `(new_state, accept, (start, dt, polynomial))`: the loop state
+    after the attempt (outputs untouched), whether it was accepted, and the
+    attempted step's dense output (`polynomial` empty unless `dense`).
+    """
     dt = s.dt
     if clip_to_end:
-        remaining = tf.gather(t_out, num_out - 1) - s.t
+        remaining = t_end - s.t
         clipped = remaining < dt
         dt = tf.where(clipped, remaining, dt)
     y1, f1, y_error, k = rk_step(func, s.t, s.y, s.f, dt, tableau)
     ratio = step_control.error_ratio(y_error, s.y, y1, rtol, atol, norm_leaves)
     accept = ratio <= 1.0  # False for NaN: a non-finite step is a rejected step
-    t1 = s.t + dt
-    if clip_to_end and num_out == 2:
-        # The only output after the start is the end, which the clipped step
-        # lands on: it is y1, and no dense-output polynomial is needed.
-        def value_at(_):
-            return y1
-    else:
-        coefficients = interpolation.fit(s.y, y1, s.f, f1, dt, k, tableau.c_mid)
-
-        def value_at(t):
-            # divide_no_nan: a zero-length step (an output time repeated, as
-            # merged checkpoints can produce) evaluates at its start.
-            return interpolation.evaluate(coefficients, tf.math.divide_no_nan(t - s.t, dt))
-    out_index, ys = _write_due_outputs(s.ys, s.out_index, t_out, num_out, t1, value_at,
-                                       allowed=accept)
-    t_new = tf.where(accept, t1, s.t)
-    y_new = _nest.where(accept, y1, s.y)
-    f_new = _nest.where(accept, f1, s.f)
+    t_new = tf.where(accept, s.t + dt, s.t)
+    polynomial = interpolation.fit(s.y, y1, s.f, f1, dt, k, tableau.c_mid) if dense else ()
     dt_new = step_control.next_step_size(dt, ratio, accept, tableau.order, shrink_after_accept)
     if clip_to_end:
         # A step shortened to land on the end says little about the step the
@@ -206,18 +306,17 @@ def _adaptive_step(s, func, t_out, num_out, tableau, rtol, atol, norm_leaves, cl
     if not tableau.fsal:
         # f1 is not part of the error estimate here, so check it directly.
         status = tf.where(accept & ~_nest.all_finite(f1), _status.NON_FINITE, status)
-    underflow = (t_new + dt_new <= t_new) & (out_index < num_out)
+    underflow = (t_new + dt_new <= t_new) & (t_new < t_end)
     cause = tf.where(tf.math.is_finite(ratio), _status.STEP_UNDERFLOW, _status.NON_FINITE)
     status = tf.where(underflow & tf.equal(status, 0), cause, status)
     accepted = tf.cast(accept, tf.int32)
-    return (
-        _LoopState(
-            t=t_new, y=y_new, f=f_new, dt=dt_new, error_ratio=ratio, out_index=out_index,
-            ys=ys, nfe=s.nfe + tableau.new_evaluations_per_step,
-            num_steps=s.num_steps + accepted, num_rejected=s.num_rejected + 1 - accepted,
-            status=status,
-        ),
+    new = s._replace(
+        t=t_new, y=_nest.where(accept, y1, s.y), f=_nest.where(accept, f1, s.f), dt=dt_new,
+        error_ratio=ratio, nfe=s.nfe + tableau.new_evaluations_per_step,
+        num_steps=s.num_steps + accepted, num_rejected=s.num_rejected + 1 - accepted,
+        status=status,
     )
+    return new, accept, (s.t, dt, polynomial)
 
 
 def _fixed_step(s, func, t_out, num_out, tableau, step_size):
@@ -238,11 +337,8 @@ def _fixed_step(s, func, t_out, num_out, tableau, step_size):
     out_index, ys = _write_due_outputs(s.ys, s.out_index, t_out, num_out, t1,
                                        lambda _: y1, allowed=lands, max_writes=1)
     finite = _nest.all_finite(y1 + f1)
-    return (
-        _LoopState(
-            t=t1, y=y1, f=f1, dt=s.dt, error_ratio=s.error_ratio, out_index=out_index, ys=ys,
-            nfe=s.nfe + tableau.new_evaluations_per_step, num_steps=s.num_steps + 1,
-            num_rejected=s.num_rejected,
-            status=tf.where(finite, s.status, _status.NON_FINITE),
-        ),
+    return s._replace(
+        t=t1, y=y1, f=f1, out_index=out_index, ys=ys,
+        nfe=s.nfe + tableau.new_evaluations_per_step, num_steps=s.num_steps + 1,
+        status=tf.where(finite, s.status, _status.NON_FINITE),
     )

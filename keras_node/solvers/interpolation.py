@@ -13,6 +13,8 @@ the tableau gives midpoint weights, `y_mid ~ y(t0 + dt/2)`:
   and lower methods that use it.
 """
 
+import tensorflow as tf
+
 from keras_node import _nest
 
 
@@ -31,14 +33,23 @@ def fit(y0, y1, f0, f1, dt, k=None, c_mid=None):
             p2 = -5.0 * r1 + r2 + 16.0 * r3
             p3 = 14.0 * r1 - 3.0 * r2 - 32.0 * r3
             p4 = -8.0 * r1 + 2.0 * r2 + 16.0 * r3
-        coefficients.append((y0[i], dt * f0[i], p2, p3, p4))
+        leaf = (y0[i], dt * f0[i], p2, p3) if p4 is None else (y0[i], dt * f0[i], p2, p3, p4)
+        coefficients.append(leaf)
     return tuple(coefficients)
+
+
+def constant(y0, quartic):
+    """Coefficients of the constant polynomial `p(x) = y0` (the shape `fit`
+    returns: 5 per leaf when `quartic`, else 4)."""
+    count = 4 if quartic else 3
+    return tuple((y,) + (tf.zeros_like(y),) * count for y in y0)
 
 
 def evaluate(coefficients, x):
     """Value of the fitted polynomial at fraction `x` of the step (Horner)."""
     values = []
-    for p0, p1, p2, p3, p4 in coefficients:
-        acc = p3 if p4 is None else p3 + x * p4
+    for leaf in coefficients:
+        p0, p1, p2, p3 = leaf[:4]
+        acc = p3 if len(leaf) == 4 else p3 + x * leaf[4]
         values.append(p0 + x * (p1 + x * (p2 + x * acc)))
     return tuple(values)
