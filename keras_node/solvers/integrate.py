@@ -1,4 +1,4 @@
-"""The solver driver: one `tf.while_loop` over attempted steps.
+"""The solver driver: a `tf.while_loop` over attempted steps.
 
 `integrate` works on the normalised problem the public functions hand it:
 a tuple of state leaves, strictly increasing output times of the state's
@@ -6,6 +6,9 @@ dtype, tolerances per leaf. Everything here is TensorFlow control flow over a
 documented loop state, so it runs eagerly (inside a `tf.function`), in graphs
 and under XLA; the loop is bounded by `max_num_steps` (XLA needs the bound to
 differentiate through it) and outputs go into pre-sized TensorArrays.
+Adaptive solves of small states attempt their steps in an inner loop and
+write outputs in the outer one (`attempts_in_inner_loop` says why); both
+layouts take the same steps and write the same values.
 """
 
 from typing import NamedTuple, Tuple
@@ -56,9 +59,11 @@ class _LoopState(NamedTuple):
     num_steps: tf.Tensor
     num_rejected: tf.Tensor
     status: tf.Tensor
-    step_start: tf.Tensor  # start of the last accepted step (for dense output)
-    step_dt: tf.Tensor  # length of the last accepted step
-    polynomial: tuple  # its dense-output coefficients, per leaf (empty if unused)
+    # The last accepted step and its dense-output coefficients per leaf, for
+    # the inner-loop layout (polynomial is empty otherwise, or when unused).
+    step_start: tf.Tensor
+    step_dt: tf.Tensor
+    polynomial: tuple
 
 
 def _static_or_dynamic_length(t_out):
