@@ -208,7 +208,7 @@ def attempts_in_inner_loop(y0):
     bytes (or the body is at most 8 operations); otherwise it schedules them
     concurrently on TensorFlow's thread pool, whose hand-offs cost a
     2-component solve with 1000 outputs a third of its time
-    (benchmarks/RESULTS.md, 2b). With the outputs written outside the loop
+    (benchmarks/RESULTS.md, 2b and 2c). With the outputs written outside the loop
     that attempts steps, that loop touches only state-sized buffers, which
     for a small state stay under the limit. For large states the body runs
     concurrently either way, and the single loop measured faster (the inner

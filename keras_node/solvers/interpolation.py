@@ -19,7 +19,8 @@ from keras_node import _nest
 
 
 def fit(y0, y1, f0, f1, dt, k=None, c_mid=None):
-    """Polynomial coefficients `(p0, ..., p4)` for each leaf (a tuple of tuples)."""
+    """Polynomial coefficients per leaf (a tuple of tuples): `(p0, ..., p4)`
+    for the quartic, `(p0, ..., p3)` for the cubic."""
     if c_mid is not None:
         y_mid = _nest.axpy_sum(y0, dt, c_mid, k)
     coefficients = []
