@@ -11,6 +11,7 @@ import tensorflow as tf
 
 import keras_node
 from conftest import in_regime
+from keras_node.solvers import loop_bodies
 from problems import (
     ADAPTIVE_METHODS,
     ALL_PROBLEMS,
@@ -473,16 +474,14 @@ def test_xla_loop_layouts_take_the_same_steps(method, monkeypatch):
     single attempts). Both layouts, and the plain graph, must take the same
     steps and write the same outputs; the times mix many outputs per step
     with several steps per output."""
-    from keras_node.solvers import integrate as integrate_module
-
     layouts = []
-    choose = integrate_module.attempts_in_inner_loop
+    choose = loop_bodies.attempts_in_inner_loop
 
     def spy(y0):
         layouts.append(choose(y0))
         return layouts[-1]
 
-    monkeypatch.setattr(integrate_module, "attempts_in_inner_loop", spy)
+    monkeypatch.setattr(loop_bodies, "attempts_in_inner_loop", spy)
     t = np.concatenate([np.linspace(0.0, 0.5, 120), [0.75, 1.25, 2.0, 3.0]])
     y0 = LINEAR.initial_value(0.0, tf.float64)
     kwargs, tol = solver_settings(method, tf.float64, span=3.0)
