@@ -76,8 +76,8 @@ def step_and_outputs(attempt, t_out, num_out):
     def body(s):
         new, accept, (start, dt, polynomial) = attempt(s)
         out_index, ys = write_due_outputs(s.ys, s.out_index, t_out, num_out, start + dt,
-                                           _dense_output(start, dt, polynomial, new.y),
-                                           allowed=accept)
+                                          _dense_output(start, dt, polynomial, new.y),
+                                          allowed=accept)
         return (new._replace(out_index=out_index, ys=ys),)
 
     return body
@@ -108,7 +108,7 @@ def steps_then_outputs(attempt, keep_going, t_out, num_out):
         value_at = _dense_output(stepped.step_start, stepped.step_dt, stepped.polynomial,
                                  stepped.y)
         out_index, ys = write_due_outputs(s.ys, s.out_index, t_out, num_out, stepped.t,
-                                           value_at)
+                                          value_at)
         return (stepped._replace(out_index=out_index, ys=ys),)
 
     return body
@@ -129,7 +129,7 @@ def _dense_output(start, dt, polynomial, y_end):
 
 
 def attempt_step(s, func, t_end, tableau, rtol, atol, norm_leaves, clip_to_end,
-                  shrink_after_accept, dense):
+                 shrink_after_accept, dense):
     """Attempt one step of size s.dt towards `t_end`; accept or reject it.
 
     Returns `(new_state, accept, (start, dt, polynomial))`: the loop state
@@ -185,7 +185,7 @@ def fixed_step(s, func, t_out, num_out, tableau, step_size):
     y1, f1, _, _ = rk_step(func, s.t, s.y, s.f, dt, tableau)
     t1 = tf.where(lands, target, s.t + dt)
     out_index, ys = write_due_outputs(s.ys, s.out_index, t_out, num_out, t1,
-                                       lambda _: y1, allowed=lands, max_writes=1)
+                                      lambda _: y1, allowed=lands, max_writes=1)
     finite = _nest.all_finite(y1 + f1)
     return s._replace(
         t=t1, y=y1, f=f1, out_index=out_index, ys=ys,
