@@ -49,7 +49,10 @@ def _value_key(value):
         return ("npscalar", value.item())
     if isinstance(value, (list, dict, set)):
         # Mutable containers: keyed by content when small and plain.
-        items = sorted(value.items(), key=repr) if isinstance(value, dict) else list(value)
+        # Sorted by key only: repr of a value such as a tf.Variable would
+        # read it (a device-to-host copy on every call).
+        items = (sorted(value.items(), key=lambda item: repr(item[0])) if isinstance(value, dict)
+                 else list(value))
         if len(items) <= 64:
             try:
                 return (type(value).__name__, tuple(_value_key(v) for v in items))

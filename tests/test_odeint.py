@@ -595,3 +595,34 @@ def test_eager_calls_see_current_python_state():
                 assert_close(np.asarray(ys)[-1], np.exp([-rate]), tol, err_msg=repr(func))
     finally:
         _RATE = 1.0
+
+
+class _ReprCounter:
+    """A value whose repr is counted (repr of a tf.Variable reads it)."""
+
+    calls = 0
+
+    def __repr__(self):
+        _ReprCounter.calls += 1
+        return "_ReprCounter()"
+
+
+def test_eager_calls_key_dicts_by_content_without_repr_of_their_values():
+    """Regression: the cache key of a func closing over a dict sorted the dict's
+    items by their repr, and the repr of a tf.Variable copies its value to the
+    host on every eager call. Keys are now sorted by key; the dict's plain
+    values still key the trace, so changing one is seen."""
+    settings = {"rate": 1.0, "spy": _ReprCounter()}
+
+    def func(t, y):
+        return -settings["rate"] * y
+
+    t = [0.0, 1.0]
+    y0 = tf.constant([1.0], tf.float64)
+    kwargs, tol = solver_settings("dopri5", tf.float64)
+    _ReprCounter.calls = 0
+    for rate in (1.0, 1.0, 3.0):
+        settings["rate"] = rate
+        ys = keras_node.odeint(func, y0, t, **kwargs)
+        assert_close(np.asarray(ys)[-1], np.exp([-rate]), tol)
+    assert _ReprCounter.calls == 0
