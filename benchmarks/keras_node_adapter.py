@@ -99,7 +99,7 @@ def run_keras_node(problem, T=None, dtype="float32", rtol=1e-5, atol=1e-7, mode=
         seminorm=(mode == "adjoint") if mode.startswith("adjoint") else None,
         nfe_forward=int(out[1]),
         nfe_backward=int(stats.nfe.numpy()) if mode.startswith("adjoint") else None,
-        timing=timing, repeats=repeats, output=out[0].numpy(),
+        timing=timing, output=out[0].numpy(),
         grad_h0=None if grads is None else grads[0],
         grad_params=None if grads is None else dict(zip(params, grads[1:])),
         stats={"adjoint_checkpoints": k},

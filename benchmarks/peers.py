@@ -43,7 +43,8 @@ nfe_backward       evaluations made during the backward pass (int): one per
                    ``"backprop"`` the f evaluations the backward pass
                    re-runs (0 unless the library recomputes, e.g. diffrax's
                    checkpointing); ``None`` in ``"forward"`` mode
-median_ms, min_ms  over ``repeats`` timed calls after ``warmup`` untimed ones
+median_ms, min_ms  over the timed calls after the untimed warm-up ones (at
+                   least ``repeats`` and ``warmup``; see ``STEADY_STATE``)
 first_call_ms      the first call (tracing + compilation for graph/JIT libs)
 repeats            number of timed calls
 output             solution at ``problem.times(T)``: array (len(t), *y0.shape)
@@ -69,7 +70,7 @@ from __future__ import annotations
 import functools
 import statistics
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -123,31 +124,58 @@ BEFORE_FIRST_CALL: Optional[Callable[[], None]] = None
 harness resets the peak-RSS mark there); None: nothing."""
 
 
-def _time_calls(fn: Callable[[], object], repeats: int, warmup: int):
-    """Call ``fn`` once (timed as first call), ``warmup`` times, then
-    ``repeats`` timed times. ``fn`` must block until its result is ready.
+STEADY_STATE: Optional[Tuple[float, int, float, int]] = None
+"""`(warmup_s, max_warmup_calls, timed_s, max_timed_calls)` or None.
 
-    Returns ``(first_result, first_call_ms, median_ms, min_ms)``.
+When set (the harness sets it for its cheap cases), `_time_calls` keeps
+warming up until `warmup_s` seconds or `max_warmup_calls` calls have passed,
+and keeps timing until `timed_s` seconds or `max_timed_calls` calls, on top of
+the `warmup` and `repeats` it is given. Why: a TensorFlow graph function is
+not in its steady state after a few calls. TF's executor starts every CPU
+kernel with a large cost estimate, runs kernels it believes expensive on its
+inter-op thread pool, and lowers the estimate run by run (a moving average
+with decay 9/10), so small ops move inline only after ~100 calls: a 0.3 ms
+solve measured over calls 4-23 reads 0.35-0.37 ms, over calls 100-400
+0.28-0.32 ms (RESULTS.md 2b). JAX and PyTorch have no such transient, and a
+training loop makes thousands of calls, so every library is timed in its
+steady state; more timed calls also steady the median of sub-millisecond
+cases. None: exactly `warmup` and `repeats` calls.
+"""
+
+
+def _time_calls(fn: Callable[[], object], repeats: int, warmup: int):
+    """Call ``fn`` once (timed as first call), warm up, then time calls.
+
+    Warm-up: ``warmup`` calls, extended per :data:`STEADY_STATE`; timed:
+    ``repeats`` calls, extended likewise. ``fn`` must block until its result
+    is ready.
+
+    Returns ``(first_result, first_call_ms, median_ms, min_ms, timed_calls)``.
     """
+    warmup_s, max_warmup, timed_s, max_timed = STEADY_STATE or (0.0, 0, 0.0, 0)
     if BEFORE_FIRST_CALL is not None:
         BEFORE_FIRST_CALL()
     t0 = time.perf_counter()
     first = fn()
     first_ms = (time.perf_counter() - t0) * 1e3
-    for _ in range(warmup):
+    calls, started = 0, time.perf_counter()
+    while calls < warmup or (calls < max_warmup and time.perf_counter() - started < warmup_s):
         fn()
+        calls += 1
     times = []
-    for _ in range(max(1, repeats)):
+    started = time.perf_counter()
+    while len(times) < max(1, repeats) or (
+            len(times) < max_timed and time.perf_counter() - started < timed_s):
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
-    return first, first_ms, statistics.median(times), min(times)
+    return first, first_ms, statistics.median(times), min(times), len(times)
 
 
 def _result(library, variant, problem, T, dtype, rtol, atol, mode, *,
-            seminorm, nfe_forward, nfe_backward, timing, repeats, output,
+            seminorm, nfe_forward, nfe_backward, timing, output,
             grad_h0=None, grad_params=None, stats=None, notes=""):
-    _, first_ms, median_ms, min_ms = timing
+    _, first_ms, median_ms, min_ms, timed_calls = timing
     output = np.asarray(output)
     return {
         "library": library, "variant": variant, "problem": problem.name,
@@ -156,7 +184,7 @@ def _result(library, variant, problem, T, dtype, rtol, atol, mode, *,
         "nfe_forward": None if nfe_forward is None else int(nfe_forward),
         "nfe_backward": None if nfe_backward is None else int(nfe_backward),
         "median_ms": median_ms, "min_ms": min_ms, "first_call_ms": first_ms,
-        "repeats": repeats,
+        "repeats": timed_calls,
         "output": output, "loss": problem.loss(output),
         "grad_h0": None if grad_h0 is None else np.asarray(grad_h0),
         "grad_params": (None if grad_params is None else
@@ -291,7 +319,7 @@ def run_torchdiffeq(problem, T=None, dtype="float32", rtol=1e-5, atol=1e-7,
         "torchdiffeq", f"eager/{num_threads}thr", problem, T, dtype, rtol, atol, mode,
         seminorm=(mode == "adjoint") if adj else None,
         nfe_forward=counts["fwd"], nfe_backward=counts.get("bwd"),
-        timing=timing, repeats=repeats, output=ys, grad_h0=g_y0,
+        timing=timing, output=ys, grad_h0=g_y0,
         grad_params=g_p,
         notes="NFE counted by a counter in nn.Module.forward (last timed call)")
 
@@ -397,7 +425,7 @@ def run_tfp(problem, T=None, dtype="float32", rtol=1e-5, atol=1e-7,
     return _result(
         "tfp", "xla" if jit_compile else "graph", problem, T, dtype, rtol,
         atol, mode, seminorm=False if adj else None, nfe_forward=nfe_fwd,
-        nfe_backward=nfe_bwd, timing=timing, repeats=repeats,
+        nfe_backward=nfe_bwd, timing=timing,
         output=out[0].numpy(),
         grad_h0=None if mode == "forward" else out[3].numpy(),
         grad_params=(None if mode == "forward" else
@@ -568,7 +596,7 @@ def run_diffrax(problem, T=None, dtype="float32", rtol=1e-5, atol=1e-7,
         "diffrax", "jit", problem, T, dtype, rtol, atol, mode,
         seminorm=(mode == "adjoint") if adj else None,
         nfe_forward=nfe_fwd, nfe_backward=nfe_bwd, timing=timing,
-        repeats=repeats, output=np.asarray(ys),
+        output=np.asarray(ys),
         grad_h0=None if grads is None else np.asarray(grads[0]),
         grad_params=(None if grads is None else
                      {k: np.asarray(v) for k, v in grads[1].items()}),

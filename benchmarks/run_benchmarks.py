@@ -113,22 +113,29 @@ class _PeakMemory:
         return (_rss_kb("VmHWM") - self.baseline_kb) / 1024.0
 
 
+# Cheap cases (weight 1) are timed in their steady state: warm up for 2 s
+# (at most 400 calls), time for at least 1 s (at most 2000 calls); see
+# peers.STEADY_STATE.
+STEADY_STATE = (2.0, 400, 1.0, 2000)
+
+
 def _repeats(weight, repeats, warmup):
+    """`(repeats, warmup, steady_state)` for a case of this weight."""
     if weight == "few":
-        return min(repeats, 3), min(warmup, 1)
+        return min(repeats, 3), min(warmup, 1), None
     if weight == "once":
-        return 1, 0
-    return repeats, warmup
+        return 1, 0, None
+    return repeats, warmup, STEADY_STATE
 
 
-def run_worker(library, repeats, warmup, quick, out_dir):
+def run_worker(library, repeats, warmup, quick, out_dir, only=None):
     """Run the cases for one library; print one JSON line per case and save
     its outputs/gradients to `out_dir` for the parent to score."""
     import tensorflow as tf
     tf.get_logger().setLevel("ERROR")
     adapter = ADAPTERS[library]
     for index, (problem, T, mode, (rtol, atol), weight) in enumerate(CASES):
-        if quick and index not in QUICK:
+        if (quick and index not in QUICK) or (only is not None and index not in only):
             continue
         row = {"library": library, "case": index, "problem": problem, "T": T,
                "dtype": "float32", "rtol": rtol, "atol": atol, "mode": mode}
@@ -138,7 +145,9 @@ def run_worker(library, repeats, warmup, quick, out_dir):
             continue
         memory = _PeakMemory()
         peers.BEFORE_FIRST_CALL = memory.before_first_call
-        n, w = _repeats(weight, repeats, warmup)
+        n, w, peers.STEADY_STATE = _repeats(weight, repeats, warmup)
+        if quick:
+            peers.STEADY_STATE = None
         try:
             r = adapter(problem, T, "float32", rtol, atol, mode, repeats=n, warmup=w)
         except peers.UnsupportedMode as e:
@@ -157,8 +166,9 @@ def run_worker(library, repeats, warmup, quick, out_dir):
             np.savez(os.path.join(out_dir, f"{library}_{index}.npz"), **arrays)
         finally:
             peers.BEFORE_FIRST_CALL = None
+            peers.STEADY_STATE = None
         print("@@ROW " + json.dumps(row), flush=True)
-    if library == "keras_node" and not quick:
+    if library == "keras_node" and not quick and only is None:
         print("@@OVERHEAD " + json.dumps(overhead_factor()), flush=True)
 
 
@@ -375,6 +385,8 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--libraries", default=",".join(ADAPTERS))
     ap.add_argument("--quick", action="store_true", help="3 cases, 3 repeats (smoke test)")
+    ap.add_argument("--cases", default=None,
+                    help="comma-separated indices into CASES to run (default: all)")
     ap.add_argument("--chart", default=None)
     ap.add_argument("--processes", type=int, default=1,
                     help="run each library's worker this many times; report the median of "
@@ -385,7 +397,8 @@ def main(argv=None):
     if args.quick:
         args.repeats, args.warmup = 3, 1
     if args.worker:
-        run_worker(args.worker, args.repeats, args.warmup, args.quick, args.out_dir)
+        only = None if args.cases is None else [int(i) for i in args.cases.split(",")]
+        run_worker(args.worker, args.repeats, args.warmup, args.quick, args.out_dir, only)
         return 0
     info = peers_baseline.machine_info()
     print(f"# keras_node benchmarks ({info['date']})")
@@ -400,6 +413,8 @@ def main(argv=None):
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", lib, "--repeats",
                    str(args.repeats), "--warmup", str(args.warmup), "--out-dir", out_dir]
             started = time.perf_counter()
+            if args.cases is not None:
+                cmd += ["--cases", args.cases]
             proc = subprocess.run(cmd + (["--quick"] if args.quick else []),
                                   capture_output=True, text=True)
             print(f"[{lib}: {time.perf_counter() - started:.0f} s]", file=sys.stderr, flush=True)
