@@ -405,8 +405,12 @@ def main(argv=None):
     print(f"machine: nproc={info['nproc']}, CPU: {info['cpu']}, Python {info['python']}, "
           f"load average at start {info['load']}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
-    print(f"repeats={args.repeats}, warmup={args.warmup} (fewer for the slow cases, see CASES); "
-          f"{args.processes} worker process(es) per library; torchdiffeq on 1 thread\n", flush=True)
+    steady = ("" if args.quick else
+              f"; cheap cases extended to >= {STEADY_STATE[0]:g} s of warm-up and >= "
+              f"{STEADY_STATE[2]:g} s of timed calls (steady state)")
+    print(f"repeats={args.repeats}, warmup={args.warmup} (fewer for the slow cases, see CASES)"
+          f"{steady}; {args.processes} worker process(es) per library; torchdiffeq on 1 thread\n",
+          flush=True)
     rows, overheads = [], []
     with tempfile.TemporaryDirectory() as out_dir:
         for lib in args.libraries.split(",") * args.processes:
