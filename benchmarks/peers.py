@@ -134,7 +134,7 @@ the `warmup` and `repeats` it is given. Why: a TensorFlow graph function is
 not in its steady state after a few calls. TF's executor starts every CPU
 kernel with a large cost estimate, runs kernels it believes expensive on its
 inter-op thread pool, and lowers the estimate run by run (a moving average
-with decay 9/10), so small ops move inline only after ~100 calls: a 0.3 ms
+with decay 9/10), so small ops move inline only after ~90 calls: a 0.3 ms
 solve measured over calls 4-23 reads 0.35-0.37 ms, over calls 100-400
 0.28-0.32 ms (RESULTS.md 2b). JAX and PyTorch have no such transient, and a
 training loop makes thousands of calls, so every library is timed in its

@@ -145,9 +145,8 @@ def run_worker(library, repeats, warmup, quick, out_dir, only=None):
             continue
         memory = _PeakMemory()
         peers.BEFORE_FIRST_CALL = memory.before_first_call
-        n, w, peers.STEADY_STATE = _repeats(weight, repeats, warmup)
-        if quick:
-            peers.STEADY_STATE = None
+        n, w, steady_state = _repeats(weight, repeats, warmup)
+        peers.STEADY_STATE = None if quick else steady_state
         try:
             r = adapter(problem, T, "float32", rtol, atol, mode, repeats=n, warmup=w)
         except peers.UnsupportedMode as e:
