@@ -1,70 +1,59 @@
 """Adjoint accuracy vs `adjoint_checkpoints` on contractive dynamics (issue 4).
 
-Problem: `mlp_contractive` (MLP field, state (256, 16), hidden 64, weights
-scaled by 6/sqrt(fan_in)), float64, dopri5, rtol=1e-5, atol=1e-7, horizons
-T = 1, 4, 16. For keras_node K = 0, 4, 8, 16, 64 and direct backprop, and for
-torchdiffeq's `odeint_adjoint` (seminorm) and direct backprop when installed:
-the relative error of dL/dh0 against the scipy DOP853 (1e-12) continuous
-adjoint reference (`peers.reference_gradient`), the backward NFE and the
-median wall time of forward + backward.
+`mlp_contractive` (problems.py), float64, dopri5, rtol=1e-5, atol=1e-7. For
+keras_node's adjoint with K checkpoints, keras_node's direct backprop and,
+when installed, torchdiffeq's `odeint_adjoint` (seminorm) and backprop: the
+relative error ||dL/dh0 - ref|| / ||ref|| against the scipy DOP853 (1e-12)
+continuous adjoint (`peers.reference_gradient`), the NFEs and the median
+wall time of forward + backward.
 
-Usage: python benchmarks/checkpoints.py [--horizons 1,4,16] [--ks 0,4,8,16,64]
+Usage: python benchmarks/checkpoints.py [--horizons 1,4,16] [--ks 0,4,8,16,64] [--repeats 5]
+(quick check: --horizons 1 --ks 16 --repeats 1)
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(_HERE))
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
 from benchmarks import peers  # noqa: E402
 from benchmarks.keras_node_adapter import run_keras_node  # noqa: E402
-from benchmarks.peers_baseline import machine_info  # noqa: E402
 
 PROBLEM = "mlp_contractive"
 TOL = dict(rtol=1e-5, atol=1e-7)
 
 
-def _rel(x, ref):
-    return float(np.linalg.norm(np.asarray(x) - ref) / np.linalg.norm(ref))
-
-
 def rows_for(T, ks, repeats):
-    """One table row per method at horizon T."""
+    """`(label, result, dL/dh0 relative error)` per method at horizon T."""
     ref = peers.reference_gradient(PROBLEM, T)["h0"]
+    runs = [(f"keras_node adjoint K={k}", run_keras_node, dict(mode="adjoint", checkpoints=k))
+            for k in ks]
+    runs.append(("keras_node backprop", run_keras_node, dict(mode="backprop")))
+    if importlib.util.find_spec("torchdiffeq"):  # slow: half the repeats, no warm-up
+        runs += [(label, peers.run_torchdiffeq, dict(mode=mode, repeats=max(1, repeats // 2), warmup=0))
+                 for mode, label in (("adjoint", "torchdiffeq adjoint (seminorm)"),
+                                     ("backprop", "torchdiffeq backprop"))]
     rows = []
-    for k in ks:
-        r = run_keras_node(PROBLEM, T, "float64", mode="adjoint", checkpoints=k,
-                           repeats=repeats, warmup=1, **TOL)
-        rows.append((f"keras_node adjoint K={k}", r, _rel(r["grad_h0"], ref)))
-    r = run_keras_node(PROBLEM, T, "float64", mode="backprop", repeats=repeats, warmup=1, **TOL)
-    rows.append(("keras_node backprop", r, _rel(r["grad_h0"], ref)))
-    try:
-        for mode, label in (("adjoint", "torchdiffeq adjoint (seminorm)"),
-                            ("backprop", "torchdiffeq backprop")):
-            r = peers.run_torchdiffeq(PROBLEM, T, "float64", mode=mode, repeats=max(1, repeats // 2),
-                                      warmup=0, num_threads=1, **TOL)
-            rows.append((label, r, _rel(r["grad_h0"], ref)))
-    except ImportError:
-        pass
+    for label, run, kw in runs:
+        r = run(PROBLEM, T, "float64", **TOL, **{"repeats": repeats, "warmup": 1, **kw})
+        rows.append((label, r, float(np.linalg.norm(r["grad_h0"] - ref) / np.linalg.norm(ref))))
     return rows
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--horizons", default="1,4,16")
-    ap.add_argument("--ks", default="0,4,8,16,64")
+    ap.add_argument("--horizons", default="1,4,16", help="comma-separated T values")
+    ap.add_argument("--ks", default="0,4,8,16,64", help="comma-separated adjoint_checkpoints")
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
-    info = machine_info()
-    print(f"# adjoint checkpoints ({info['date']}; {info['nproc']} cores, {info['cpu']}, "
-          f"load {info['load']})")
+    print(f"# adjoint checkpoints ({peers.machine_info()})")
     print(f"problem {PROBLEM}, float64, dopri5, rtol={TOL['rtol']}, atol={TOL['atol']}; "
           "error = ||dL/dh0 - ref|| / ||ref||, ref = scipy DOP853 1e-12 continuous adjoint\n")
     print("| T | method | NFE fwd | NFE bwd | median ms (fwd+bwd) | dL/dh0 rel err |")

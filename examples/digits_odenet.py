@@ -214,7 +214,7 @@ def train_one(name, args):
     forward, backward = last_epoch_nfe(recorder.nfe)
     ode_layers = [layer for layer in model.layers if isinstance(layer, keras_node.ODELayer)]
     return {
-        "adjoint_checkpoints": ode_layers[0].adjoint_checkpoints if name == "odenet" else None,
+        "adjoint_checkpoints": ode_layers[0].adjoint_options.adjoint_checkpoints if name == "odenet" else None,
         "name": name, "test_error": 100.0 * (1.0 - accuracy), "params": count_trainable(model),
         "nfe_forward": forward, "nfe_backward": backward, "nfe_history": recorder.nfe,
         "rss_peak_mb": peak_rss_mb(), "rss_training_mb": peak_rss_mb() - rss_before,

@@ -9,17 +9,18 @@ The model is encoder -> ODE -> decoder:
 
 - the encoder maps the first `--encode` observations (values and their
   times) to a latent state h(0);
-- `keras_node.ODELayer(MLP, return_sequences=True)` integrates h from 0 to
-  the observation times, passed at call time: `ode(h0, t=times)`;
+- `keras_node.ODELayer(MLP, per_sample_steps=True, return_sequences=True)`
+  integrates each series' h from 0 to that series' own observation times,
+  passed at call time as a (batch, n) grid: `ode(h0, t=times)`;
 - a linear decoder reads x(t) off each latent state.
 
-A batch of series is integrated over the sorted union of the batch's
-observation times (dense output makes extra output times nearly free), and
-a mask, passed to Keras as `sample_weight`, keeps each series' own
-observations in the loss. After training, test series are integrated on a
-fine grid up to --t-obs + --t-extra, beyond the observed window, and the
-plot (--output) shows observations, fit and extrapolation against the
-noise-free truth.
+Each series is solved on its own times with its own steps: no union grid of
+the batch's times (the way to batch irregular series with a joint solver,
+torchdiffeq#86/#122), which would write batch x num_obs outputs per series
+instead of num_obs. After training the script measures what that saves on a
+test batch (outputs, func evaluations, time), integrates test series on a
+fine grid up to --t-obs + --t-extra, beyond the observed window, and plots
+(--output) observations, fit and extrapolation against the noise-free truth.
 
 Run:
 
@@ -92,8 +93,8 @@ def distinct_times(num, num_obs, t_max, rng):
     """Random observation times in (0, t_max], sorted per series, all distinct.
 
     They are drawn without replacement from a grid 20 times finer than their
-    number, so that the union of any batch's times is strictly increasing
-    even in float32.
+    number, so that each series' times (and, for the comparison, the union
+    of a batch's) are strictly increasing even in float32.
     """
     slots = 20 * num * num_obs
     chosen = rng.choice(slots, num * num_obs, replace=False) + 1
@@ -119,42 +120,22 @@ def encoder_features(times, values, num_encode):
     return pairs.reshape(len(times), -1).astype("float32")
 
 
-def union_batch(times, values, num_encode):
-    """One batch on the sorted union of its series' times (with t=0 first).
-
-    Returns `((features, union_times), targets, mask)`: targets and mask have
-    shape (batch, 1 + batch * num_obs); the mask is non-zero only where a
-    time is that series' own observation, and scaled so that Keras' mean over
-    all (series, time) entries is the mean squared error over observations.
-    Every batch of the same size has the same shapes, so the training
-    function is traced once.
-    """
-    batch, num_obs = times.shape
-    flat = times.ravel()
-    order = np.argsort(flat, kind="stable")
-    union = np.concatenate([[0.0], flat[order]]).astype("float32")
-    position = np.empty_like(order)
-    position[order] = np.arange(len(order)) + 1  # +1: index 0 is t = 0
-    targets = np.zeros((batch, len(union), 1), "float32")
-    mask = np.zeros((batch, len(union)), "float32")
-    rows = np.repeat(np.arange(batch), num_obs)
-    targets[rows, position, 0] = values.ravel()
-    mask[rows, position] = len(union) / num_obs
-    return (encoder_features(times, values, num_encode), union), targets, mask
+def with_start(times):
+    """Each series' times with t = 0 first: the grid its solve starts on."""
+    return np.concatenate([np.zeros((len(times), 1), times.dtype), times], axis=1)
 
 
-def training_dataset(times, values, args, rng):
-    """A tf.data pipeline of precomputed union batches, reshuffled every epoch."""
-    order = rng.permutation(len(times))
-    usable = len(order) - len(order) % args.batch_size
-    batches = [union_batch(times[idx], values[idx], args.encode)
-               for idx in order[:usable].reshape(-1, args.batch_size)]
-    features = np.stack([inputs[0] for inputs, _, _ in batches])
-    union = np.stack([inputs[1] for inputs, _, _ in batches])
-    targets = np.stack([target for _, target, _ in batches])
-    mask = np.stack([weight for _, _, weight in batches])
-    data = tf.data.Dataset.from_tensor_slices(((features, union), targets, mask))
-    return data.shuffle(len(batches), seed=args.seed, reshuffle_each_iteration=True)
+def training_dataset(times, values, args):
+    """A tf.data pipeline of `((features, times), targets, weights)` per
+    series, batched and reshuffled every epoch. `times` starts at 0 (the
+    encoder's state); its weight 0 keeps that entry out of the loss."""
+    grid = with_start(times)
+    targets = np.concatenate([np.zeros_like(values[:, :1]), values], axis=1)[..., None]
+    weights = np.concatenate([np.zeros_like(values[:, :1]), np.ones_like(values)], axis=1)
+    data = tf.data.Dataset.from_tensor_slices(
+        ((encoder_features(times, values, args.encode), grid), targets, weights))
+    data = data.shuffle(len(times), seed=args.seed, reshuffle_each_iteration=True)
+    return data.batch(args.batch_size, drop_remainder=True)
 
 
 # -- model ----------------------------------------------------------------------
@@ -171,9 +152,10 @@ class LatentODE(keras.Model):
 
     Call arguments:
         inputs: `(features, times)`: encoder features `(batch, 2 * encode)`
-            and a 1-D tensor of increasing times starting at 0.
+            and the times, `(batch, n)` (each series' own, increasing from
+            0) or 1-D (shared).
 
-    Output: the decoded series `(batch, len(times), 1)`.
+    Output: the decoded series `(batch, n, 1)`.
     """
 
     def __init__(self, latent=4, hidden=32, gradient="adjoint", **kwargs):
@@ -182,7 +164,7 @@ class LatentODE(keras.Model):
             [keras.layers.Dense(64, activation="tanh"), keras.layers.Dense(latent)], name="encoder")
         dynamics = keras_node.dynamics.MLP(units=(hidden,), activation="tanh", time_dependent=False)
         self.ode = keras_node.ODELayer(dynamics, rtol=1e-3, atol=1e-4, gradient=gradient,
-                                       return_sequences=True, name="ode")
+                                       return_sequences=True, per_sample_steps=True, name="ode")
         self.decoder = keras.layers.Dense(1, name="decoder")
 
     def call(self, inputs):
@@ -202,6 +184,32 @@ def build_model(args):
 
 
 # -- evaluation and plot --------------------------------------------------------
+
+
+def union_comparison(model, test, args):
+    """What solving each series on its own times saves, on one test batch:
+    the union-grid alternative (a joint solve over the sorted union of the
+    batch's times) writes batch x num_obs outputs per series. Returns a
+    dict of output counts, func evaluations and median ms per forward solve."""
+    times, values, _, _ = test
+    size = min(args.batch_size, len(times))
+    features = tf.constant(encoder_features(times[:size], values[:size], args.encode))
+    own = tf.constant(with_start(times[:size]))
+    union = tf.constant(np.concatenate([[0.0], np.sort(times[:size].ravel())]).astype("float32"))
+    h0 = model.encoder(features)
+    joint = keras_node.ODELayer(model.ode.dynamics, rtol=1e-3, atol=1e-4, return_sequences=True)
+    results = {}
+    for label, layer, grid in (("own times", model.ode, own), ("union grid", joint, union)):
+        solve = tf.function(lambda h, layer=layer, grid=grid: layer(h, t=grid))
+        solve(h0)
+        durations = []
+        for _ in range(20):
+            begin = time.perf_counter()
+            solve(h0)
+            durations.append(1e3 * (time.perf_counter() - begin))
+        results[label] = {"outputs per series": int(grid.shape[-1]), "nfe": layer.nfe_forward,
+                          "ms": float(np.median(durations))}
+    return results
 
 
 def predict_on_grid(model, features, grid):
@@ -253,8 +261,11 @@ def main(argv=None):
     train_times, train_values, _, _ = make_series(args.num_train, args, rng)
     test = make_series(args.num_test, args, rng)
     model = build_model(args)
-    model.fit(training_dataset(train_times, train_values, args, rng), epochs=args.epochs, verbose=2,
+    model.fit(training_dataset(train_times, train_values, args), epochs=args.epochs, verbose=2,
               shuffle=False, callbacks=[keras_node.callbacks.NFELogger()])
+    for label, numbers in union_comparison(model, test, args).items():
+        print(f"Forward solve of a test batch on {label}: {numbers['outputs per series']} outputs "
+              f"per series, {numbers['nfe']} func evaluations, {numbers['ms']:.1f} ms")
     grid = np.linspace(0.0, args.t_obs + args.t_extra, 301).astype("float32")
     prediction, truth, mse = evaluate(model, test, args, grid)
     print(f"Test MSE vs noise-free truth: fit on [0, {args.t_obs:g}] = {mse['fit']:.4f}, "

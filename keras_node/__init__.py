@@ -13,7 +13,7 @@ if _keras.backend.backend() != "tensorflow":
         "KERAS_BACKEND=tensorflow before importing keras (or edit ~/.keras/keras.json)."
     )
 
-from keras_node.adjoint import DEFAULT_CHECKPOINTS as DEFAULT_CHECKPOINTS  # noqa: E402
+from keras_node.options import DEFAULT_CHECKPOINTS as DEFAULT_CHECKPOINTS  # noqa: E402
 from keras_node.adjoint import AdjointStats as AdjointStats  # noqa: E402
 from keras_node.adjoint import odeint_adjoint as odeint_adjoint  # noqa: E402
 from keras_node.odeint import odeint as odeint  # noqa: E402

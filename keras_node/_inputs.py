@@ -1,39 +1,112 @@
-"""Normalise and validate the arguments of the public solvers, once, at the edge.
+"""Normalise the arguments of one solver call, once, at the edge.
 
-Each helper takes one user argument and returns what the solver core wants,
-or raises a ValueError/TypeError that says what was received and what was
-expected. The solver core then only sees: a tuple of leaves of one floating
-dtype (float16/bfloat16 promoted to float32), strictly increasing times of
-that dtype, and one rtol/atol tensor per leaf.
+The options were validated when they were built (`options.py`); what is left
+depends on the call's own values: `y0`'s leaves and dtype, the times `t`,
+and the tolerances' shapes against the state. `problem` turns them into a
+`Problem`, the one argument of the compiled solve, or raises a
+ValueError/TypeError that says what was received and what was expected.
+The solver core then only sees leaves of one floating dtype (float16/bfloat16
+promoted to float32), times of that dtype, and one rtol/atol tensor per leaf.
 """
 
 import numbers
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from keras_node import _status
+from keras_node._times import runtime_time_check, times  # noqa: F401 (re-exported)
+from keras_node._validate import short_repr as _short
 
 _LOW_PRECISION = (tf.float16, tf.bfloat16)
 
 
-class State(NamedTuple):
-    """A flattened initial state."""
+class Problem(NamedTuple):
+    """One call's inputs, normalised: tensors, plus the Python values that
+    shape the computation (they key `tf.function`'s cache)."""
 
-    leaves: tuple  # tensors, in the integration dtype
-    structure: object  # the user's nest, for packing results back
+    y0: object  # the user's structure, every leaf a tensor of the solve dtype
     dtype: tf.DType  # the user's dtype (results are cast back to it)
-    solve_dtype: tf.DType  # float32 for float16/bfloat16, else dtype
+    t: tf.Tensor  # 1-D times, solve dtype
+    direction: Optional[float]  # +1.0 / -1.0 when known now, else None
+    rtol: tuple  # a tensor per leaf
+    atol: tuple
+    first_step: Optional[tf.Tensor]
+    step_size: Optional[tf.Tensor]
+
+    @property
+    def leaves(self):
+        return tuple(tf.nest.flatten(self.y0))
+
+    @property
+    def solve_dtype(self):
+        return self.leaves[0].dtype
+
+    def pack(self, leaves):
+        """Results per leaf -> the user's structure and dtype."""
+        return tf.nest.pack_sequence_as(self.y0, [tf.cast(y, self.dtype) for y in leaves])
 
 
-def _short(value):
-    text = repr(value)
-    return text if len(text) <= 120 else text[:117] + "..."
+def problem(y0, t, options):
+    """Validate one call's `y0` and `t` against `options` (a `SolverOptions`)."""
+    state, dtype = flatten_state(y0)
+    solve_dtype = state[0].dtype
+    per_sample = options.batch_axis == 0
+    times_tensor, direction = times(t, solve_dtype, per_sample=per_sample)
+    if per_sample:
+        check_batch(state, times_tensor)
+    rtol = tolerances(options.rtol, y0, state, "rtol")
+    atol = tolerances(options.atol, y0, state, "atol")
+    check_both_tolerances(rtol, atol)
+    return Problem(
+        y0=tf.nest.pack_sequence_as(y0, list(state)), dtype=dtype, t=times_tensor,
+        direction=direction, rtol=rtol, atol=atol,
+        first_step=step_tensor(options.first_step, solve_dtype),
+        step_size=step_tensor(options.step_size, solve_dtype),
+    )
+
+
+def check_batch(leaves, t):
+    """With `batch_axis=0`: every leaf has a leading batch axis, of one
+    size, matched by the rows of a 2-D `t` (where the sizes are known now)."""
+    for leaf in leaves:
+        if leaf.shape.rank == 0:
+            raise ValueError(
+                "With batch_axis=0 every leaf of y0 needs a leading batch axis. Received: a "
+                "leaf with shape ()"
+            )
+    sizes = {leaf.shape[0] for leaf in leaves if leaf.shape.rank is not None}
+    if t.shape.rank == 2:
+        sizes.add(t.shape[0])
+    sizes.discard(None)
+    if len(sizes) > 1:
+        shapes = [tuple(leaf.shape) for leaf in leaves]
+        raise ValueError(
+            "With batch_axis=0 the leaves of y0 (and the rows of a 2-D t) must share the "
+            f"batch size on axis 0. Received: y0 leaf shapes {shapes}, t shape {tuple(t.shape)}"
+        )
+
+
+def step_tensor(value, dtype):
+    """An (already validated) optional step length as a positive scalar tensor."""
+    if value is None:
+        return None
+    return tf.abs(_as_tensor(value, dtype))
+
+
+def _as_tensor(value, dtype):
+    """`value` as a tensor of `dtype`; Python and numpy numbers convert in
+    that dtype directly (0.1 through float32 would not be 0.1 in float64)."""
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        return tf.cast(value, dtype)
+    if isinstance(value, numbers.Real):
+        return tf.constant(value, dtype)
+    return tf.convert_to_tensor(np.asarray(value, dtype=dtype.as_numpy_dtype))
 
 
 def flatten_state(y0):
-    """Flatten `y0` into a `State`; require floating leaves of one dtype."""
+    """`(leaves, dtype)`: `y0`'s leaves in the solve dtype, and its own
+    dtype; require floating leaves of one dtype."""
     leaves = tf.nest.flatten(y0)
     if not leaves:
         raise ValueError(f"y0 must hold at least one tensor. Received: y0={_short(y0)}")
@@ -60,105 +133,45 @@ def flatten_state(y0):
         )
     dtype = tensors[0].dtype
     solve_dtype = tf.float32 if dtype in _LOW_PRECISION else dtype
-    leaves = tuple(tf.cast(t, solve_dtype) for t in tensors)
-    return State(leaves=leaves, structure=y0, dtype=dtype, solve_dtype=solve_dtype)
-
-
-def times(t, dtype, name="t"):
-    """Convert `t` to a 1-D tensor of `dtype` with >= 2 values.
-
-    Returns `(t, direction)`: `direction` is +1.0 or -1.0 when the values are
-    known now (and then they were checked to be finite and strictly
-    monotonic), or `None` when `t` is only known at run time.
-    """
-    try:
-        if not isinstance(t, (tf.Tensor, tf.Variable)) and not hasattr(t, "dtype"):
-            t = np.asarray(t, dtype=np.float64)  # convert lists exactly, not via float32
-        tensor = tf.convert_to_tensor(t)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a 1-D tensor, list or array of times. Received: {name}={_short(t)}") from None
-    if not (tensor.dtype.is_floating or tensor.dtype.is_integer):
-        raise TypeError(f"{name} must hold real numbers. Received: {name} with dtype {tensor.dtype.name}")
-    if tensor.shape.rank is not None and tensor.shape.rank != 1:
-        raise ValueError(
-            f"{name} must be 1-D (a vector of times). Received: {name} with shape {tensor.shape}"
-        )
-    if tensor.shape.rank == 1 and tensor.shape[0] is not None and tensor.shape[0] < 2:
-        raise ValueError(
-            f"{name} must hold at least 2 times (start and end). Received: {name}={_short(t)}"
-        )
-    tensor = tf.cast(tensor, dtype)
-    values = tf.get_static_value(tensor)
-    if values is None:
-        return tensor, None
-    values = np.asarray(values, dtype=np.float64)
-    if not np.all(np.isfinite(values)):
-        raise ValueError(f"{name} must be finite. Received: {name}={_short(values.tolist())}")
-    steps = np.diff(values)
-    if np.all(steps > 0):
-        return tensor, 1.0
-    if np.all(steps < 0):
-        return tensor, -1.0
-    raise ValueError(
-        f"{name} must be strictly increasing or strictly decreasing (no repeated "
-        f"values). Received: {name}={_short(values.tolist())}"
-    )
-
-
-def runtime_time_check(tau):
-    """int32 status for run-time times `tau` (already multiplied by the
-    direction): BAD_TIMES unless finite and strictly increasing."""
-    ok = tf.reduce_all(tau[1:] > tau[:-1]) & tf.reduce_all(tf.math.is_finite(tau))
-    return tf.where(ok, _status.SUCCESS, _status.BAD_TIMES)
+    return tuple(tf.cast(t, solve_dtype) for t in tensors), dtype
 
 
 def _one_tolerance(value, leaf, name):
-    try:
-        tensor = tf.convert_to_tensor(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number or a tensor. Received: {name}={_short(value)}") from None
-    if not (tensor.dtype.is_floating or tensor.dtype.is_integer):
-        raise TypeError(f"{name} must be real. Received: {name} with dtype {tensor.dtype.name}")
+    """A tolerance (its values checked in `options.py`) as a tensor of the
+    leaf's dtype; its shape must broadcast to the leaf's."""
+    tensor = _as_tensor(value, leaf.dtype)
+    rank, leaf_rank = tensor.shape.rank, leaf.shape.rank
     try:
         tf.broadcast_static_shape(tensor.shape, leaf.shape)
-        if tensor.shape.rank is not None and leaf.shape.rank is not None and tensor.shape.rank > leaf.shape.rank:
+        if rank is not None and leaf_rank is not None and rank > leaf_rank:
             raise ValueError
     except ValueError:
         raise ValueError(
             f"{name} must be a scalar or broadcastable to the state's shape {leaf.shape}. "
             f"Received: {name} with shape {tensor.shape}"
         ) from None
-    values = tf.get_static_value(tensor)
-    if values is not None:
-        values = np.asarray(values, dtype=np.float64)
-        if np.any(values < 0) or not np.all(np.isfinite(values)):
-            shown = value if isinstance(value, (numbers.Number, list, tuple)) else values.tolist()
-            raise ValueError(f"{name} must be finite and >= 0. Received: {name}={_short(shown)}")
-    return tf.cast(tensor, leaf.dtype)
+    return tensor
 
 
-def tolerances(value, state, name):
-    """One tolerance tensor per leaf of `state`, from a scalar, a tensor
-    broadcastable to every leaf, or a nest matching `y0`."""
-    if tf.nest.is_nested(state.structure) and tf.nest.is_nested(value) and not _is_plain_sequence_of_numbers(value):
-        if not _same_paths(value, state.structure):
+def tolerances(value, structure, leaves, name):
+    """One tolerance tensor per leaf, from a scalar, a tensor broadcastable
+    to every leaf, or a nest matching `y0` (`structure`)."""
+    if tf.nest.is_nested(structure) and tf.nest.is_nested(value) and not _is_plain_sequence_of_numbers(value):
+        if not _same_paths(value, structure):
             raise ValueError(
                 f"{name} given as a structure must match y0's structure. Expected: "
-                f"{_short(tf.nest.map_structure(lambda _: '*', state.structure))}; "
+                f"{_short(tf.nest.map_structure(lambda _: '*', structure))}; "
                 f"received: {name}={_short(value)}"
             )
         values = tf.nest.flatten(value)
     else:
-        values = [value] * len(state.leaves)
-    return tuple(_one_tolerance(v, leaf, name) for v, leaf in zip(values, state.leaves))
-
-
-def _is_plain_sequence_of_numbers(value):
-    return isinstance(value, (list, tuple)) and all(isinstance(v, numbers.Number) for v in value)
+        values = [value] * len(leaves)
+    return tuple(_one_tolerance(v, leaf, name) for v, leaf in zip(values, leaves))
 
 
 def check_both_tolerances(rtol, atol, names=("rtol", "atol")):
-    """Reject rtol == atol == 0: no error could ever be accepted."""
+    """Reject rtol == atol == 0 (per leaf, where known now): no error could
+    ever be accepted."""
     for r, a in zip(rtol, atol):
         rv, av = tf.get_static_value(r), tf.get_static_value(a)
         if rv is not None and av is not None and np.all(np.asarray(rv) == 0) and np.all(np.asarray(av) == 0):
@@ -168,37 +181,11 @@ def check_both_tolerances(rtol, atol, names=("rtol", "atol")):
             )
 
 
-def positive_scalar_or_none(value, name):
-    """Validate an optional positive step length (`first_step`, `step_size`)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.ndarray, tf.Tensor, tf.Variable)):
-        raise TypeError(f"{name} must be a positive number or None. Received: {name}={_short(value)}")
-    static = tf.get_static_value(tf.convert_to_tensor(value))
-    if static is not None:
-        static = np.asarray(static)
-        if static.shape != () or not np.isfinite(static) or static <= 0:
-            raise ValueError(f"{name} must be a positive finite scalar or None. Received: {name}={_short(value)}")
-    return value
+def _is_plain_sequence_of_numbers(value):
+    return isinstance(value, (list, tuple)) and all(isinstance(v, numbers.Number) for v in value)
 
 
-def check_bool(value, name):
-    """Reject non-bool flags (a string "False" would be truthy)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False. Received: {name}={_short(value)}")
-    return value
-
-
-def max_steps(value):
-    """Validate `max_num_steps`: a positive Python int (it bounds a loop)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(
-            f"max_num_steps must be a positive integer. Received: max_num_steps={_short(value)}"
-        )
-    return int(value)
-
-
-def normalized_func(func, state, direction):
+def normalized_func(func, structure, direction):
     """Wrap the user's `func(t, y)` as the solver wants it.
 
     The wrapper takes `(tau, leaves)` where `tau = direction * t` is the
@@ -206,11 +193,12 @@ def normalized_func(func, state, direction):
     checks (once, while tracing) that the result has the structure, shapes
     and dtype of the `y` it was given, naming both when it does not.
     """
-    structure = state.structure
-
     def wrapped(tau, leaves):
         t = tau if is_plus_one(direction) else tau * direction
-        result = func(t, tf.nest.pack_sequence_as(structure, list(leaves)))
+        # A scope of our own: a Keras layer named "_x" opens the scope "_x",
+        # which TensorFlow refuses at the root of a graph.
+        with tf.name_scope("func"):
+            result = func(t, tf.nest.pack_sequence_as(structure, list(leaves)))
         if any(leaf is None for leaf in tf.nest.flatten(result)):
             raise ValueError(
                 "func(t, y) must return dy/dt (tensors with y0's structure), not None. "

@@ -8,6 +8,9 @@ instead: never a plausible number.
 """
 
 import tensorflow as tf
+# Private, because no public API says whether a graph is being compiled by
+# XLA; the solvers ask it to avoid nesting an XLA function inside an XLA
+# compile and to pick the loop layout XLA can differentiate (loop_bodies).
 from tensorflow.python.framework import ops
 from tensorflow.python.ops import control_flow_util
 
@@ -44,14 +47,22 @@ def in_xla_context():
     return control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph())
 
 
-def guard(outputs, status, t_reached, where, max_num_steps):
+def guard(outputs, status, t_reached, where, max_num_steps, sample_axis=1):
     """Return `outputs` if `status` is SUCCESS, else fail loudly.
 
-    Outside XLA: assertions that raise `tf.errors.InvalidArgumentError` naming
-    the cause and the time reached. Inside XLA: every floating output is
-    replaced with NaN. `outputs` is a flat list of tensors; `where` names the
+    Eagerly: raise `tf.errors.InvalidArgumentError` naming the cause and the
+    time reached. In a graph: one assertion per cause, which raises that
+    error when the graph runs, and every floating output replaced with NaN,
+    which is what remains inside XLA (where assertions are dropped): never a
+    plausible number. `outputs` is a flat list of tensors; `where` names the
     caller (e.g. "odeint", "odeint_adjoint backward pass").
+
+    A per-sample solve has a status and time reached per sample (shape
+    `(batch,)`): the error names the first failed sample, and only the
+    failed samples' entries (along `sample_axis` of each output) are NaN.
     """
+    if status.shape.rank == 1:
+        return _guard_per_sample(outputs, status, t_reached, where, max_num_steps, sample_axis)
     if tf.executing_eagerly():
         code = int(status)
         if code != SUCCESS:
@@ -59,21 +70,54 @@ def guard(outputs, status, t_reached, where, max_num_steps):
                                                  + f". Time reached: t = {float(t_reached):.6g}")
         return list(outputs)
     failed = tf.not_equal(status, SUCCESS)
-    if in_xla_context():
+    checks = [
+        tf.debugging.Assert(tf.not_equal(status, code),
+                            [_message(code, where, max_num_steps) + ". Time reached: t =", t_reached],
+                            summarize=1)
+        for code in MESSAGES
+    ]
+    with tf.control_dependencies(checks):
         return [
-            tf.where(failed, tf.constant(float("nan"), x.dtype), x) if x.dtype.is_floating else x
+            tf.where(failed, tf.constant(float("nan"), x.dtype), x) if x.dtype.is_floating
+            else tf.identity(x)
             for x in outputs
         ]
+
+
+def _guard_per_sample(outputs, status, t_reached, where, max_num_steps, sample_axis):
+    failed = tf.not_equal(status, SUCCESS)
+    if tf.executing_eagerly():
+        failed_indices = [int(i) for i in tf.where(failed)[:, 0]]
+        if failed_indices:
+            first = failed_indices[0]
+            raise tf.errors.InvalidArgumentError(None, None, _sample_message(
+                int(status[first]), where, max_num_steps, first, len(failed_indices))
+                + f". Time reached by sample {first}: t = {float(t_reached[first]):.6g}")
+        return list(outputs)
     checks = []
     for code in MESSAGES:
-        text = _message(code, where, max_num_steps)
-        checks.append(
-            tf.debugging.Assert(
-                tf.not_equal(status, code), [text + ". Time reached: t =", t_reached], summarize=1
-            )
-        )
+        first = tf.argmax(tf.cast(tf.equal(status, code), tf.int32), output_type=tf.int32)
+        text = _sample_message(code, where, max_num_steps, None, None)
+        checks.append(tf.debugging.Assert(
+            tf.reduce_all(tf.not_equal(status, code)),
+            [text + ". First failed sample:", first, "time reached:", tf.gather(t_reached, first)],
+            summarize=1))
     with tf.control_dependencies(checks):
-        return [tf.identity(x) for x in outputs]
+        return [_nan_where(x, failed, sample_axis) for x in outputs]
+
+
+def _nan_where(x, failed, sample_axis):
+    """`x` with NaN in the entries of the failed samples (along `sample_axis`)."""
+    if not x.dtype.is_floating:
+        return tf.identity(x)
+    shape = [1] * x.shape.rank
+    shape[sample_axis] = -1
+    return tf.where(tf.reshape(failed, shape), tf.constant(float("nan"), x.dtype), x)
+
+
+def _sample_message(code, where, max_num_steps, index, count):
+    who = "a sample" if index is None else f"sample {index}" + (f" (and {count - 1} more)" if count > 1 else "")
+    return f"keras_node {where} failed for {who}: " + MESSAGES[code].format(max_num_steps=max_num_steps)
 
 
 def _message(code, where, max_num_steps):

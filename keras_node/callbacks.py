@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_node import _inputs
+from keras_node._validate import check_bool
 
 from keras_node.layers.ode_layer import ODELayer
 
@@ -29,7 +29,7 @@ class NFELogger(keras.callbacks.Callback):
 
     def __init__(self, log_every_batch=True):
         super().__init__()
-        self.log_every_batch = _inputs.check_bool(log_every_batch, "log_every_batch")
+        self.log_every_batch = check_bool(log_every_batch, "log_every_batch")
 
     def _ode_layers(self):
         return [layer for layer in self.model._flatten_layers(include_self=False, recursive=True)

@@ -11,7 +11,7 @@ import math
 import keras
 from keras import ops
 
-from keras_node import _inputs
+from keras_node._validate import check_bool
 
 
 @keras.saving.register_keras_serializable(package="keras_node")
@@ -42,7 +42,7 @@ class MLP(keras.layers.Layer):
     def __init__(self, units=(64, 64), activation="tanh", time_dependent=True,
                  kernel_initializer="glorot_uniform", final_initializer="zeros", **kwargs):
         super().__init__(**kwargs)
-        _inputs.check_bool(time_dependent, "time_dependent")
+        check_bool(time_dependent, "time_dependent")
         if not isinstance(units, (int, list, tuple)) or isinstance(units, bool):
             raise TypeError(f"units must be an int or a sequence of ints (hidden widths). Received: units={units!r}")
         units = (units,) if isinstance(units, int) else tuple(units)
@@ -129,7 +129,7 @@ class ConvBlock(keras.layers.Layer):
             raise ValueError(f"kernel_size must be a positive integer. Received: kernel_size={kernel_size!r}")
         if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
             raise ValueError(f"groups must be a positive integer. Received: groups={groups!r}")
-        _inputs.check_bool(time_dependent, "time_dependent")
+        check_bool(time_dependent, "time_dependent")
         self.filters = filters
         self.kernel_size = kernel_size
         self.time_dependent = bool(time_dependent)

@@ -1,14 +1,27 @@
-"""`keras_node.odeint`: solve an ODE and differentiate through the solver."""
+"""`keras_node.odeint`: solve an ODE and differentiate through the solver.
+
+Also the pieces the other public solvers share: `solve` (odeint on validated
+options), `integrate_problem` (time direction + the solver loop) and
+`resolve_jit` (whether the loop runs under XLA).
+"""
+
+import functools
 
 import tensorflow as tf
+# Private, because no public API tells whether a gradient tape is recording;
+# `jit_compile="auto"` must not put odeint's loop under XLA when a gradient
+# will be taken through it from outside XLA (TensorFlow cannot differentiate
+# across that boundary through a loop).
 from tensorflow.python.eager import record
 
-from keras_node import _compile
+from keras_node import _execution
 from keras_node import _inputs
 from keras_node import _status
 from keras_node import _xla
-from keras_node.solvers import registry
-from keras_node.solvers.integrate import integrate
+from keras_node._validate import check_bool, short_repr
+from keras_node.options import SolverOptions
+from keras_node.solvers.integrate import Controls, integrate
+from keras_node.solvers.per_sample import integrate_per_sample
 
 
 # Autograph has nothing to convert here (all control flow is explicit TF ops)
@@ -17,6 +30,7 @@ from keras_node.solvers.integrate import integrate
 def odeint(
     func, y0, t, *, method="dopri5", rtol=1e-3, atol=1e-6, first_step=None,
     step_size=None, max_num_steps=10_000, return_stats=False, jit_compile="auto", name=None,
+    batch_axis=None,
 ):
     """Integrate `dy/dt = func(t, y)` from `y(t[0]) = y0` and return y at every `t`.
 
@@ -55,6 +69,24 @@ def odeint(
             loop). Inside a function that is already XLA-compiled this
             changes nothing.
         name: optional name of the solve, used in error messages.
+        batch_axis: `None` (default): one step size for the whole state.
+            `0`: axis 0 of every leaf is a batch of independent problems,
+            each with its own step size, accept/reject decisions, counters
+            and status; `func` is still called on the whole batch (it must
+            not mix samples) with `t` of shape `(batch,)`, each sample's
+            own time. Then `t` may also be 2-D `(batch, n)`, a grid per
+            sample (rows strictly monotonic, all the same direction), and
+            `ys[i, b] = y_b(t[b, i])`. The stats `num_steps`,
+            `num_rejected` and `status` have shape `(batch,)` (`nfe` counts
+            batched calls); a failing sample raises naming its index.
+
+    Called eagerly, the solve runs as a `tf.function` compiled once per
+    (`func`, options) and reused; it follows `tf.function`'s rule for Python
+    state: Python values `func` reads (numbers, numpy arrays, attributes,
+    globals) are captured when the first call traces it, while tensors and
+    `tf.Variable`s are read on every call. To change a value between calls,
+    keep it in a `tf.Variable` (or pass a new function). Define `func` once
+    and reuse it: a new function object is traced (and compiled) anew.
 
     Returns:
         `ys` with y0's structure, each leaf with a leading time axis of
@@ -74,125 +106,116 @@ def odeint(
     >>> float(ys[-1, 0])  # exp(-1)
     0.3678...
     """
-    _inputs.check_bool(return_stats, "return_stats")
-    problem = Problem(func, y0, t, method, rtol, atol, first_step, step_size, max_num_steps,
-                      where=_where("odeint", name), jit_compile=jit_compile)
-    leaves, stats = problem.run()
-    ys = problem.pack(leaves)
+    options = SolverOptions(method=method, rtol=rtol, atol=atol, first_step=first_step,
+                            step_size=step_size, max_num_steps=max_num_steps,
+                            jit_compile=jit_compile, batch_axis=batch_axis)
+    check_bool(return_stats, "return_stats")
+    ys, stats = solve(func, y0, t, options, name=name)
     return (ys, stats) if return_stats else ys
 
 
-class Problem:
-    """Validated arguments of one `odeint` call and how to run its core."""
+def solve(func, y0, t, options, name=None):
+    """`odeint` with validated `SolverOptions`: returns `(ys, stats)`."""
+    check_callable(func)
+    problem = _inputs.problem(y0, t, options)
+    where = where_label("odeint", name)
+    jit = _jit_for_backprop(resolve_jit(options, func, problem, where), options, where)
+    core = functools.partial(integrate_problem, options=options)
+    solution, t_reached = _execution.run(func, ("odeint", options.key()), core, problem, jit)
+    ys = _status.guard(solution.ys, solution.status, t_reached, where, options.max_num_steps)
+    return problem.pack(ys), stats_dict(solution)
 
-    def __init__(self, func, y0, t, method, rtol, atol, first_step, step_size, max_num_steps,
-                 where="odeint", jit_compile="auto"):
-        if not callable(func):
-            raise TypeError(
-                "func must be callable as func(t, y) -> dy/dt. "
-                f"Received: func={func!r} of type {type(func).__name__}"
-            )
-        self.func = func
-        self.where = where
-        self.tableau = registry.get_tableau(method)
-        self.state = _inputs.flatten_state(y0)
-        self.t, self.direction = _inputs.times(t, self.state.solve_dtype)
-        self.rtol = _inputs.tolerances(rtol, self.state, "rtol")
-        self.atol = _inputs.tolerances(atol, self.state, "atol")
-        _inputs.check_both_tolerances(self.rtol, self.atol)
-        self.first_step = _inputs.positive_scalar_or_none(first_step, "first_step")
-        self.step_size = _inputs.positive_scalar_or_none(step_size, "step_size")
-        self.max_num_steps = _inputs.max_steps(max_num_steps)
-        self.jit_compile_option = _xla.validate(jit_compile)
-        self.jit_compile = _xla.resolve(
-            jit_compile, _inputs.normalized_func(func, self.state, self.direction or 1.0),
-            self.state.leaves, self.state.solve_dtype, where, owner=func,
+
+def _jit_for_backprop(jit, options, where):
+    """XLA for a solve that gradients may flow through.
+
+    A gradient taken outside an XLA-compiled solver loop needs the loop's
+    intermediate TensorLists to leave XLA, which TensorFlow does not
+    support. So while a gradient tape records, `"auto"` runs the loop
+    without XLA (use `odeint_adjoint`, or compile the whole training step
+    with `jit_compile=True`), and `True` is an error.
+    """
+    if not jit or _status.in_xla_context() or not record.could_possibly_record():
+        return jit
+    if options.jit_compile is True:
+        raise ValueError(
+            f"{where}: jit_compile=True cannot be combined with gradients through the "
+            "solver taken outside the compiled function. Use odeint_adjoint, compile the "
+            "whole training step with jit_compile=True, or pass jit_compile=\"auto\"."
+        )
+    return False
+
+
+def integrate_problem(func, problem, options, tau_out=None, record_steps=None):
+    """Run the solver loop on `problem`: handles the time direction. Returns
+    `(Solution, t_reached)`, `t_reached` in the user's time. `tau_out`
+    (increasing solver times) replaces the output times when given;
+    `record_steps` is passed to `integrate`."""
+    direction, tau, initial_status = direction_and_tau(problem)
+    controls = Controls(
+        tableau=options.tableau, rtol=problem.rtol, atol=problem.atol,
+        max_num_steps=options.max_num_steps, first_step=problem.first_step,
+        step_size=problem.step_size,
+    )
+    func = _inputs.normalized_func(func, problem.y0, direction)
+    tau = tau if tau_out is None else tau_out
+    if options.batch_axis == 0:
+        leaves = problem.leaves
+        if tau.shape.rank == 1:  # one grid for every sample
+            tau = tf.broadcast_to(tau, tf.concat([tf.shape(leaves[0])[:1], tf.shape(tau)], 0))
+        solution = integrate_per_sample(func, leaves, tau, controls, initial_status=initial_status)
+    else:
+        solution = integrate(func, problem.leaves, tau, controls, initial_status=initial_status,
+                             record_steps=record_steps)
+    return solution, to_user_time(solution.t_reached, direction)
+
+
+def direction_and_tau(problem):
+    """`(direction, tau, initial_status)`: the time direction (a Python float
+    when known now, else a tensor), the increasing solver times `tau =
+    direction * problem.t`, and BAD_TIMES when run-time times are not
+    monotonic."""
+    t, direction, initial_status = problem.t, problem.direction, None
+    if direction is None:
+        first_row = t if t.shape.rank == 1 else t[0]
+        direction = tf.sign(first_row[1] - first_row[0])
+        initial_status = _inputs.runtime_time_check(t * direction)
+    tau = t if _inputs.is_plus_one(direction) else t * direction
+    return direction, tau, initial_status
+
+
+def to_user_time(tau, direction):
+    """Solver time back to the user's time."""
+    return tau if _inputs.is_plus_one(direction) else tau * direction
+
+
+def resolve_jit(options, func, problem, where):
+    """The effective `jit_compile` of a solve (`"auto"` probes `func`)."""
+    return _xla.resolve(
+        options.jit_compile, _inputs.normalized_func(func, problem.y0, problem.direction or 1.0),
+        problem.leaves, problem.solve_dtype, where, owner=func,
+        per_sample=options.batch_axis == 0,
+    )
+
+
+def check_callable(func):
+    """`func` must be callable as `func(t, y)`."""
+    if not callable(func):
+        raise TypeError(
+            "func must be callable as func(t, y) -> dy/dt. "
+            f"Received: func={short_repr(func)} of type {type(func).__name__}"
         )
 
-    def static_key(self):
-        return (
-            self.tableau.name, self.direction, self.max_num_steps, self.where,
-            self.first_step is None, self.step_size is None,
-            repr(tf.nest.map_structure(lambda _: None, self.state.structure)),
-        )
 
-    def step_arguments(self):
-        """`(first_step, step_size)` as tensors of the solve dtype (or None)."""
-        return (
-            _as_tensor_or_none(self.first_step, self.state.solve_dtype),
-            _as_tensor_or_none(self.step_size, self.state.solve_dtype),
-        )
-
-    def run(self):
-        """Solve (compiled and cached when called eagerly); raise on failure."""
-        args = (self.state.leaves, self.t, self.rtol, self.atol) + self.step_arguments()
-        ys, stats, t_reached = _compile.run(
-            self.func, ("odeint",) + self.static_key(), self.core, args, self._jit_for_backprop()
-        )
-        ys = _status.guard(ys, stats["status"], t_reached, self.where, self.max_num_steps)
-        return ys, stats
-
-    def _jit_for_backprop(self):
-        """XLA for a solve that gradients may flow through.
-
-        A gradient taken outside an XLA-compiled solver loop needs the loop's
-        intermediate TensorLists to leave XLA, which TensorFlow does not
-        support. So while a gradient tape records, `"auto"` runs the loop
-        without XLA (use `odeint_adjoint`, or compile the whole training step
-        with `jit_compile=True`), and `True` is an error.
-        """
-        if not self.jit_compile or _status.in_xla_context() or not record.could_possibly_record():
-            return self.jit_compile
-        if self.jit_compile_option is True:
-            raise ValueError(
-                f"{self.where}: jit_compile=True cannot be combined with gradients through the "
-                "solver taken outside the compiled function. Use odeint_adjoint, compile the "
-                "whole training step with jit_compile=True, or pass jit_compile=\"auto\"."
-            )
-        return False
-
-    def core(self, leaves, t, rtol, atol, first_step, step_size):
-        """The whole solve on tensors: direction, integrate. Returns the
-        outputs, the stats and the time reached (for error messages)."""
-        direction = self.direction
-        initial_status = None
-        if direction is None:
-            direction = tf.sign(t[1] - t[0])
-            initial_status = _inputs.runtime_time_check(t * direction)
-        forward = _inputs.is_plus_one(direction)
-        tau = t if forward else t * direction
-        solution = integrate(
-            _inputs.normalized_func(self.func, self.state, direction), tuple(leaves), tau,
-            tableau=self.tableau, rtol=tuple(rtol), atol=tuple(atol),
-            max_num_steps=self.max_num_steps,
-            first_step=None if first_step is None else tf.abs(first_step),
-            step_size=None if step_size is None else tf.abs(step_size),
-            initial_status=initial_status,
-        )
-        t_reached = solution.t_reached if forward else solution.t_reached * direction
-        return list(solution.ys), stats_dict(solution), t_reached
-
-    def pack(self, leaves):
-        leaves = [tf.cast(y, self.state.dtype) for y in leaves]
-        return tf.nest.pack_sequence_as(self.state.structure, leaves)
-
-
-def _where(function_name, name):
+def where_label(function_name, name):
     """How error messages name a solve: `odeint` or `odeint ('my_layer')`."""
     return function_name if name is None else f"{function_name} ({name})"
 
 
 def stats_dict(solution):
-    """The public stats of a `Solution`: int32 scalars."""
+    """The public stats of a `Solution`: int32 scalars (per sample, shape
+    `(batch,)`, for the counters and status of a per-sample solve)."""
     return {
         "nfe": solution.nfe, "num_steps": solution.num_steps,
         "num_rejected": solution.num_rejected, "status": solution.status,
     }
-
-
-def _as_tensor_or_none(value, dtype):
-    if value is None:
-        return None
-    if isinstance(value, (tf.Tensor, tf.Variable)):
-        return tf.cast(value, dtype)
-    return tf.constant(value, dtype)

@@ -44,7 +44,7 @@ def expected_output_shape(input_shape, num_times, return_sequences):
 
 def batch_tolerance(layer):
     """Allowed difference between solves of the same rows in different batches."""
-    return error_tolerance("float32", rtol=layer.rtol, atol=layer.atol,
+    return error_tolerance("float32", rtol=layer.options.rtol, atol=layer.options.atol,
                            span=abs(layer.t[-1] - layer.t[0]))
 
 

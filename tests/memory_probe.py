@@ -1,7 +1,7 @@
 """Peak resident memory of one forward + backward solve, measured in this process.
 
-Run as a script in a fresh subprocess (tests/test_adjoint_checkpoints.py and
-benchmarks/adjoint_memory.py do), never imported by a test process: the peak
+Run as a script in a fresh subprocess (tests/test_adjoint_checkpoints.py
+does), never imported by a test process: the peak
 RSS (VmHWM on Linux, else `ru_maxrss`) only ever grows, and TensorFlow's own
 allocations are invisible to `tracemalloc`, so each measurement needs its own
 process.

@@ -810,10 +810,19 @@ def test_adjoint_method_rk4_with_step_size():
     assert np.max(np.abs(grad - exact) / np.abs(exact)) > 1e-10, "the backward solve was not RK4"
 
 
-def test_adjoint_method_fixed_step_without_step_size_is_rejected():
-    with pytest.raises(ValueError, match="step"):
-        keras_node.odeint_adjoint(oscillator_field, tf.constant([1.0, 0.0], F64), [0.0, 1.0],
-                                  adjoint_method="rk4")
+def test_adjoint_method_fixed_step_without_step_size_takes_one_step_per_interval():
+    """Bug c: raised; API.md says a fixed-step method with step_size=None
+    takes one step per interval, as in odeint."""
+    stats = keras_node.AdjointStats()
+    y0 = tf.constant([1.0], F64)
+    with tf.GradientTape() as tape:
+        tape.watch(y0)
+        ys = keras_node.odeint_adjoint(lambda t, y: -y, y0, [0.0, 0.5, 1.0], adjoint_method="rk4",
+                                       backward_stats=stats)
+        loss = tf.reduce_sum(ys[-1])
+    grad = tape.gradient(loss, y0)
+    assert int(stats.num_steps) == 2  # one rk4 step per interval between outputs
+    np.testing.assert_allclose(grad, [np.exp(-1.0)], rtol=1e-3)
 
 
 def test_unknown_adjoint_method_lists_methods():

@@ -6,6 +6,9 @@ gradient can be wrong by orders of magnitude; with K checkpoints the backward
 pass re-anchors the state and is as accurate as backpropagation. Part 2:
 anchors mixed with output times (increasing, decreasing, coinciding).
 Part 3: memory, measured in subprocesses by tests/memory_probe.py.
+Part 4 (issue 14): the forward of `odeint_adjoint` is `odeint`'s bit for bit,
+for every method and every K (fixed-step methods keep their checkpoints on
+steps they take anyway), and the schedule's pure functions on their own.
 """
 
 import inspect
@@ -19,8 +22,10 @@ import pytest
 import scipy.linalg
 import tensorflow as tf
 
+import keras
 import keras_node
 from conftest import in_regime
+from keras_node.adjoint import checkpoints
 
 F64 = tf.float64
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -236,3 +241,92 @@ def test_adjoint_memory_is_constant_in_the_number_of_steps():
     assert adjoint_growth < 16, summary
     assert adjoint_growth < 0.05 * backprop_growth, summary
     assert adjoint_long["extra_mb"] < 0.1 * backprop_long["extra_mb"], summary
+
+
+# =============================================================================
+# Part 4: the forward pass is odeint's, bit for bit; the schedule
+# =============================================================================
+
+_ROTATION = tf.constant([[-0.2, 1.0], [-1.0, -0.2]], F64)
+
+
+def rotation_field(t, y):
+    return tf.linalg.matvec(_ROTATION, y) * (1.0 + 0.5 * tf.sin(t))
+
+
+FORWARD_CASES = [(m, step, k) for m in keras_node.METHODS for k in (0, 1, 16)
+                 for step in ((None,) if m not in ("euler", "midpoint", "rk4") else (None, 0.05))]
+
+
+@pytest.mark.parametrize("method,step_size,checkpoints", FORWARD_CASES,
+                         ids=[f"{m}-step{s}-K{k}" for m, s, k in FORWARD_CASES])
+def test_adjoint_forward_equals_odeint_bit_for_bit(method, step_size, checkpoints):
+    """Bug a: fixed-step methods took the checkpoint times as extra steps."""
+    y0 = tf.constant([1.0, 0.5], F64)
+    t = [0.0, 0.3, 1.7, 3.0]
+    options = dict(method=method, step_size=step_size, rtol=1e-6, atol=1e-8, return_stats=True)
+    ys, stats = keras_node.odeint(rotation_field, y0, t, **options)
+    ys_adj, stats_adj = keras_node.odeint_adjoint(rotation_field, y0, t, adjoint_checkpoints=checkpoints,
+                                                  **options)
+    np.testing.assert_array_equal(ys_adj, ys)
+    assert {k: int(v) for k, v in stats_adj.items()} == {k: int(v) for k, v in stats.items()}
+
+
+class _Cosine(keras.layers.Layer):
+    def call(self, h, t=None):
+        return tf.cos(t) * tf.ones_like(h)
+
+
+@pytest.mark.parametrize("gradient", ["adjoint", "backprop"])
+def test_layer_euler_takes_one_step(gradient):
+    """Bug a as reported: dh/dt = cos(t), h(0) = 0, one Euler step on [0, 1]
+    gives cos(0) = 1.0 (the adjoint returned 0.8547: 17 steps)."""
+    layer = keras_node.ODELayer(_Cosine(), t=(0.0, 1.0), method="euler", gradient=gradient)
+    assert float(layer(tf.zeros((1, 1)))[0, 0]) == 1.0
+    assert layer.nfe_forward == 2
+
+
+def test_rk4_with_step_size_takes_its_own_steps():
+    """rk4, step_size=0.25 on [0, 1]: 4 steps and 17 evaluations (was 17 and 69)."""
+    _, stats = keras_node.odeint_adjoint(rotation_field, tf.constant([1.0, 0.0], F64), [0.0, 1.0],
+                                         method="rk4", step_size=0.25, return_stats=True)
+    assert (int(stats["num_steps"]), int(stats["nfe"])) == (4, 17)
+
+
+def test_fixed_step_checkpoints_re_anchor_the_backward_pass():
+    """With many fixed steps the backward pass re-anchors at recorded
+    states: on the contractive MLP this keeps rk4's adjoint gradient close
+    to backprop's, where the plain backsolve (K = 0) is far off."""
+    times = _TIMES
+    options = dict(method="rk4", step_size=0.02)
+    g_bp = _grad_h0(keras_node.odeint, **options)(_H0, times)
+    errors = {k: _relative_error(_grad_h0(keras_node.odeint_adjoint, adjoint_checkpoints=k, **options)(_H0, times),
+                                 g_bp) for k in (0, 16)}
+    assert errors[16] < 0.1 * errors[0], errors
+
+
+def test_uniform_schedule():
+    tau = tf.constant([0.0, 0.3, 1.0], F64)
+    np.testing.assert_allclose(checkpoints.uniform_times(tau, 4), [0.2, 0.4, 0.6, 0.8])
+    # At most one checkpoint per STEPS_PER_ANCHOR steps, every stride-th.
+    per = checkpoints.STEPS_PER_ANCHOR
+    assert not np.any(checkpoints.used_uniform(16, per - 1))
+    used = np.asarray(checkpoints.used_uniform(16, 4 * per))
+    assert used.sum() == 4 and list(np.flatnonzero(used)) == [3, 7, 11, 15]
+    assert np.asarray(checkpoints.used_uniform(16, 1000)).all()
+
+
+def test_fixed_step_schedule():
+    tau = tf.constant([0.0, 1.0, 3.0], F64)
+    # 1/0.1 + 2/0.1 = 30 steps -> 3 records, evenly spread over the steps.
+    counts = np.asarray(checkpoints.record_counts(tau, tf.constant(0.1, F64), 16))
+    assert list(counts[:3]) == [7, 15, 22] and np.all(counts[3:] == np.iinfo(np.int32).max)
+    assert np.all(np.asarray(checkpoints.record_counts(tau, None, 16)) == np.iinfo(np.int32).max)
+    assert int(checkpoints.fixed_step_count(tau, 0.3, 1e-12)) == 4 + 7
+
+
+def test_merge_keeps_outputs_first_among_equal_times():
+    tau = tf.constant([0.0, 0.5, 1.0])
+    order, positions = checkpoints.merge(tau, tf.constant([0.5, 0.25]))
+    assert list(np.asarray(order)) == [0, 4, 1, 3, 2]
+    assert list(np.asarray(positions)) == [0, 2, 4]

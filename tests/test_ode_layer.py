@@ -21,6 +21,8 @@ the hand-checkable value tests, the Sequential training, mixed precision,
 import types
 
 import keras
+import warnings
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -129,7 +131,7 @@ def test_default_jit_compile_matches_plain_graph():
     """The default ("auto": XLA-compiled solver loops) computes what a plain graph does."""
     x = harness.sample((8, 3))
     default = keras_node.ODELayer(MLP(units=(8,), final_initializer="glorot_uniform"), t=TIMES)
-    assert default.jit_compile == "auto"
+    assert default.options.jit_compile == "auto"
     y = np.asarray(default(x))
     config = default.get_config()
     config["jit_compile"] = False
@@ -342,9 +344,10 @@ def test_unknown_method_lists_valid_ones():
         assert method in message
 
 
-@pytest.mark.parametrize("gradient", ["autodiff", "Adjoint", None])
-def test_bad_gradient_mode_raises(gradient):
-    with pytest.raises(ValueError) as info:
+@pytest.mark.parametrize("gradient,error", [("autodiff", ValueError), ("Adjoint", ValueError),
+                                            (None, TypeError)])
+def test_bad_gradient_mode_raises(gradient, error):
+    with pytest.raises(error) as info:
         keras_node.ODELayer(MLP(), gradient=gradient)
     assert "adjoint" in str(info.value) and "backprop" in str(info.value)
     assert repr(gradient) in str(info.value)
@@ -467,6 +470,31 @@ def test_fit_subclassed_model():
     model.fit(x, y, epochs=3, batch_size=32, verbose=0)
     assert _mse(model, x, y) < 0.5 * initial_loss
     assert _changed(before, model.ode.dynamics)
+
+
+def test_unbuilt_subclassed_model_builds_without_warnings():
+    """Keras builds an unbuilt subclassed model by tracing it symbolically;
+    the layer's counters must not break that trace (it used to warn of
+    'unbuilt state' because a counter update had no variable to assign)."""
+    class TimesAsInput(keras.Model):  # (x, times) in: Keras traces it to build
+        def __init__(self):
+            super().__init__()
+            self.ode = keras_node.ODELayer(MLP(units=(8,)), **PLUMBING)
+            self.head = keras.layers.Dense(1)
+
+        def call(self, inputs):
+            x, times = inputs
+            return self.head(self.ode(x, t=times))
+
+    x, y = _regression_data()
+    model = TimesAsInput()
+    model.compile(keras.optimizers.Adam(0.05), "mse")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    data = data.map(lambda x, y: ((x, tf.constant([0.0, 1.0])), y))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(data, epochs=1, verbose=0)
+    assert not [w for w in caught if "unbuilt state" in str(w.message)]
 
 
 def test_fit_functional_model():

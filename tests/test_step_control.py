@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import keras_node
 from keras_node.solvers import registry, step_control
-from keras_node.solvers.integrate import integrate
+from keras_node.solvers.integrate import Controls, integrate
 
 F64 = tf.float64
 DOPRI5 = registry.get_tableau("dopri5", "method")
@@ -60,10 +60,10 @@ def _decay(t, y):
 def test_integrate_reuses_a_given_first_stage_without_counting_it():
     y0 = (tf.constant([1.0, 2.0], F64),)
     t = tf.constant([0.0, 1.0], F64)
-    kw = dict(tableau=DOPRI5, rtol=(tf.constant(1e-6, F64),), atol=(tf.constant(1e-8, F64),),
-              max_num_steps=100, first_step=tf.constant(0.1, F64))
-    plain = integrate(_decay, y0, t, **kw)
-    given = integrate(_decay, y0, t, f0=_decay(0.0, y0), **kw)
+    controls = Controls(tableau=DOPRI5, rtol=(tf.constant(1e-6, F64),), atol=(tf.constant(1e-8, F64),),
+                        max_num_steps=100, first_step=tf.constant(0.1, F64))
+    plain = integrate(_decay, y0, t, controls)
+    given = integrate(_decay, y0, t, controls, f0=_decay(0.0, y0))
     np.testing.assert_array_equal(plain.ys[0].numpy(), given.ys[0].numpy())
     assert int(given.nfe) == int(plain.nfe) - 1
     np.testing.assert_allclose(given.ys[0][-1].numpy(), np.exp(-1.0) * np.array([1.0, 2.0]),

@@ -1,17 +1,16 @@
 """`ODELayer`: a Keras layer whose output is the solution of an ODE."""
 
-import inspect
-import numbers
+import dataclasses
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from keras_node import _inputs
-from keras_node import _xla
-from keras_node.adjoint import DEFAULT_CHECKPOINTS, _odeint_adjoint
-from keras_node.odeint import odeint
-from keras_node.solvers import registry
+from keras_node.adjoint import solve_adjoint
+from keras_node.layers.call_times import check_call_time_rank, config_times, takes_time, time_dtype
+from keras_node.layers.counters import Counters
+from keras_node.odeint import solve
+from keras_node.options import (DEFAULT_CHECKPOINTS, AdjointOptions, SolverOptions, check_bool,
+                                check_choice)
 
 GRADIENT_MODES = ("adjoint", "backprop")
 
@@ -44,18 +43,25 @@ class ODELayer(keras.layers.Layer):
             interval of `t`).
         max_num_steps: bound on attempted steps per solve; exceeding it
             raises `tf.errors.InvalidArgumentError` (NaN outputs under XLA).
-        adjoint_seminorm: see `keras_node.odeint_adjoint`.
-        adjoint_checkpoints: see `keras_node.odeint_adjoint`.
+        adjoint_method, adjoint_rtol, adjoint_atol, adjoint_seminorm,
+            adjoint_checkpoints: the backward solve's settings, see
+            `keras_node.odeint_adjoint`.
         jit_compile: compile the solver loops with XLA: `"auto"` (default:
             when the dynamics' ops all have XLA kernels), `True` or `False`.
             Independent of `model.compile(jit_compile=...)`, which compiles
             the whole training step.
+        per_sample_steps: solve each sample of the batch with its own step
+            size, decisions and status (`batch_axis=0` of `odeint`): one hard
+            sample no longer slows the others, and a call-time `t` may be
+            2-D `(batch, n)`, each sample's own times. Time-dependent
+            dynamics then get `t` shaped `(batch, 1, ..., 1)`.
         **kwargs: standard Keras layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
         inputs: the initial state, `(batch, ...)` of any rank.
         t: optional 1-D tensor of times overriding the configured `t` for
-            this call (e.g. irregularly sampled series).
+            this call (e.g. irregularly sampled series); with
+            `per_sample_steps=True` also `(batch, n)`, a row per sample.
         training: passed through to nothing; accepted for Keras symmetry.
 
     Input shape:
@@ -69,6 +75,14 @@ class ODELayer(keras.layers.Layer):
         nfe_forward, nfe_backward: function evaluations of the last forward
             solve and of the last backward (adjoint) solve; integer scalars.
             `nfe_backward` is 0 with `gradient="backprop"`.
+        options, adjoint_options: the validated solver settings
+            (`keras_node.options.SolverOptions` / `AdjointOptions`), fixed at
+            construction; `get_config` writes them out.
+        t, gradient, return_sequences: as given.
+
+    Eager calls (`layer(x)` outside `tf.function`) run a compiled function
+    per layer and input signature, with `tf.function`'s rule for Python
+    state: see `keras_node.odeint`.
 
     Example:
 
@@ -86,8 +100,9 @@ class ODELayer(keras.layers.Layer):
     def __init__(
         self, dynamics, t=(0.0, 1.0), *, method="dopri5", rtol=1e-3, atol=1e-6,
         gradient="adjoint", return_sequences=False, first_step=None, step_size=None,
-        max_num_steps=10_000, adjoint_seminorm=True, adjoint_checkpoints=DEFAULT_CHECKPOINTS,
-        jit_compile="auto", **kwargs,
+        max_num_steps=10_000, adjoint_method=None, adjoint_rtol=None, adjoint_atol=None,
+        adjoint_seminorm=True, adjoint_checkpoints=DEFAULT_CHECKPOINTS, jit_compile="auto",
+        per_sample_steps=False, **kwargs,
     ):
         super().__init__(**kwargs)
         if not isinstance(dynamics, keras.layers.Layer):
@@ -96,35 +111,19 @@ class ODELayer(keras.layers.Layer):
                 "keras_node.dynamics.MLP()). Received: dynamics of type "
                 f"{type(dynamics).__name__}"
             )
-        registry.get_tableau(method)
-        if gradient not in GRADIENT_MODES:
-            raise ValueError(
-                f"gradient must be one of {GRADIENT_MODES}. Received: gradient={gradient!r}"
-            )
-        if not isinstance(return_sequences, bool):
-            raise TypeError(f"return_sequences must be a bool. Received: return_sequences={return_sequences!r}")
         self.dynamics = dynamics
-        self.t = _config_times(t)
-        self.method = method
-        self.rtol = _config_tolerance(rtol, "rtol")
-        self.atol = _config_tolerance(atol, "atol")
-        _inputs.check_both_tolerances([self.rtol], [self.atol])
-        self.gradient = gradient
-        self.return_sequences = return_sequences
-        self.first_step = _config_step(first_step, "first_step")
-        self.step_size = _config_step(step_size, "step_size")
-        self.max_num_steps = _inputs.max_steps(max_num_steps)
-        if not isinstance(adjoint_seminorm, bool):
-            raise TypeError(f"adjoint_seminorm must be a bool. Received: adjoint_seminorm={adjoint_seminorm!r}")
-        if isinstance(adjoint_checkpoints, bool) or not isinstance(adjoint_checkpoints, numbers.Integral) or adjoint_checkpoints < 0:
-            raise ValueError(
-                "adjoint_checkpoints must be an integer >= 0. "
-                f"Received: adjoint_checkpoints={adjoint_checkpoints!r}"
-            )
-        self.adjoint_seminorm = adjoint_seminorm
-        self.adjoint_checkpoints = int(adjoint_checkpoints)
-        self.jit_compile = _xla.validate(jit_compile)
-        self._time_dependent = _takes_time(dynamics)
+        self.t = config_times(t)
+        self.options = SolverOptions(method=method, rtol=rtol, atol=atol, first_step=first_step,
+                                     step_size=step_size, max_num_steps=max_num_steps,
+                                     jit_compile=jit_compile,
+                                     batch_axis=0 if check_bool(per_sample_steps, "per_sample_steps") else None)
+        self.adjoint_options = AdjointOptions(
+            adjoint_method=adjoint_method, adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol,
+            adjoint_seminorm=adjoint_seminorm, adjoint_checkpoints=adjoint_checkpoints,
+        )
+        self.gradient = check_choice(gradient, "gradient", GRADIENT_MODES)
+        self.return_sequences = check_bool(return_sequences, "return_sequences")
+        self._time_dependent = takes_time(dynamics)
         self._counters = None
 
     # -- building -----------------------------------------------------------
@@ -148,7 +147,12 @@ class ODELayer(keras.layers.Layer):
                 f"Check the last layer of {self.dynamics.name!r} (its width must equal the "
                 "state's last dimension)."
             )
-        self._counters = _Counters(self)
+        self._counters = Counters(self)
+        if self._uses_loss_scaling():
+            # Loss scaling expects overflowing gradients now and then and
+            # lowers its scale: a non-finite backward pass gives NaN gradients.
+            self.adjoint_options = dataclasses.replace(self.adjoint_options,
+                                                       nonfinite_gradients="nan")
 
     def _dynamics_output_spec(self, input_shape):
         spec = keras.KerasTensor(input_shape, dtype=self.compute_dtype)
@@ -158,17 +162,24 @@ class ODELayer(keras.layers.Layer):
 
     def compute_output_shape(self, inputs_shape, t_shape=None):
         input_shape = tuple(inputs_shape)
-        if t_shape is not None and len(t_shape) != 1:
-            raise ValueError(f"The call-time t of an ODELayer must be 1-D (a vector of times). "
-                             f"Received: t with shape {tuple(t_shape)}")
+        if t_shape is not None:
+            check_call_time_rank(len(t_shape), self.per_sample_steps, t_shape)
         if not self.return_sequences:
             return input_shape
-        num_times = len(self.t) if t_shape is None else t_shape[0]
+        num_times = len(self.t) if t_shape is None else t_shape[-1]
         return (input_shape[0], num_times) + input_shape[1:]
 
     # -- calling ------------------------------------------------------------
 
+    @property
+    def per_sample_steps(self):
+        """Whether each sample of the batch is solved with its own steps."""
+        return self.options.batch_axis == 0
+
     def _call_dynamics(self, t, h):
+        if self._time_dependent and t.shape.rank == 1:
+            # Per-sample steps: a time per sample, shaped to broadcast against h.
+            t = tf.reshape(t, [-1] + [1] * (h.shape.rank - 1))
         out = self.dynamics(h, t=t) if self._time_dependent else self.dynamics(h)
         # Under a mixed precision policy the dynamics compute in float16 while
         # the solver integrates in float32 (API.md): hand back the state dtype.
@@ -180,24 +191,21 @@ class ODELayer(keras.layers.Layer):
             raise TypeError("ODELayer inputs must be floating (the initial state of the ODE). "
                             f"Received: inputs with dtype {tf.as_dtype(inputs.dtype).name}; cast them "
                             "to float32 first")
-        times = tf.constant(self.t, dtype=_time_dtype(inputs.dtype)) if t is None else t
-        options = dict(
-            method=self.method, rtol=self.rtol, atol=self.atol, first_step=self.first_step,
-            step_size=self.step_size, max_num_steps=self.max_num_steps, return_stats=True,
-            name=f"ODELayer {self.name!r}", jit_compile=self.jit_compile,
-        )
+        if t is None:
+            times = tf.constant(self.t, dtype=time_dtype(inputs.dtype))
+        else:
+            times = t
+            if getattr(t, "shape", None) is not None and t.shape.rank is not None:
+                check_call_time_rank(t.shape.rank, self.per_sample_steps, t.shape)
+        name = f"ODELayer {self.name!r}"
         if self.gradient == "adjoint":
-            ys, stats = _odeint_adjoint(
-                self._call_dynamics, inputs, times, variables=self.dynamics.trainable_variables,
-                adjoint_method=None, adjoint_rtol=None, adjoint_atol=None,
-                adjoint_seminorm=self.adjoint_seminorm,
-                adjoint_checkpoints=self.adjoint_checkpoints,
-                backward_stats=self._counters.backward,
-                nonfinite_gradients="nan" if self._uses_loss_scaling() else "raise",
-                **options,
+            ys, stats = solve_adjoint(
+                self._call_dynamics, inputs, times, self.options, self.adjoint_options,
+                variables=self.dynamics.trainable_variables,
+                backward_stats=self._counters.backward, name=name,
             )
         else:
-            ys, stats = odeint(self._call_dynamics, inputs, times, **options)
+            ys, stats = solve(self._call_dynamics, inputs, times, self.options, name=name)
         ys = self._counters.record_forward(ys, stats)
         if not self.return_sequences:
             return ys[-1]
@@ -231,13 +239,11 @@ class ODELayer(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            dynamics=keras.saving.serialize_keras_object(self.dynamics),
-            t=list(self.t), method=self.method, rtol=self.rtol, atol=self.atol,
+            dynamics=keras.saving.serialize_keras_object(self.dynamics), t=list(self.t),
             gradient=self.gradient, return_sequences=self.return_sequences,
-            first_step=self.first_step, step_size=self.step_size,
-            max_num_steps=self.max_num_steps, adjoint_seminorm=self.adjoint_seminorm,
-            adjoint_checkpoints=self.adjoint_checkpoints, jit_compile=self.jit_compile,
+            **self.options.to_config(), **self.adjoint_options.to_config(),
         )
+        config["per_sample_steps"] = config.pop("batch_axis") == 0
         return config
 
     @classmethod
@@ -254,83 +260,3 @@ class ODELayer(keras.layers.Layer):
                 f"defining it is imported before loading. Details: {error}"
             ) from error
         return cls(dynamics, **config)
-
-
-class _Counters:
-    """The layer's solver counters: non-trainable int32 Keras variables.
-
-    `backward` quacks like `keras_node.AdjointStats`, so the adjoint's
-    backward pass writes its counts straight into the layer.
-    """
-
-    def __init__(self, layer):
-        def counter(name):
-            return layer.add_weight(
-                shape=(), dtype="int32", initializer="zeros", trainable=False,
-                aggregation="only_first_replica", name=name,
-            )
-
-        self.nfe_forward = counter("nfe_forward")
-        self.nfe_backward = counter("nfe_backward")
-        self.backward = _BackwardCounters(self.nfe_backward, counter("num_steps_backward"),
-                                          counter("num_rejected_backward"), counter("status_backward"))
-
-    def record_forward(self, ys, stats):
-        update = self.nfe_forward.assign(stats["nfe"])
-        if tf.executing_eagerly():
-            return ys
-        with tf.control_dependencies([update] if update is not None else []):
-            return tf.identity(ys)
-
-
-class _BackwardCounters:
-    def __init__(self, nfe, num_steps, num_rejected, status):
-        self.nfe, self.num_steps, self.num_rejected, self.status = nfe, num_steps, num_rejected, status
-
-
-def _time_dtype(dtype):
-    dtype = tf.as_dtype(dtype)
-    return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
-
-
-def _takes_time(layer):
-    try:
-        parameters = inspect.signature(layer.call).parameters
-    except (TypeError, ValueError):
-        return False
-    return "t" in parameters
-
-
-def _config_times(t):
-    try:
-        values = np.asarray(t, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"t must be a sequence of numbers. Received: t={t!r}") from None
-    if values.ndim != 1 or values.shape[0] < 2:
-        raise ValueError(f"t must be 1-D with at least 2 times. Received: t={t!r}")
-    _inputs.times(values, tf.float64)  # finite, strictly monotonic
-    return tuple(float(v) for v in values)
-
-
-def _config_tolerance(value, name):
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a number. Received: {name}={value!r}")
-    if isinstance(value, numbers.Real):
-        if not np.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be finite and >= 0. Received: {name}={value!r}")
-        return float(value)
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number or a list of numbers. Received: {name}={value!r}") from None
-    if np.any(array < 0) or not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} must be finite and >= 0. Received: {name}={value!r}")
-    return array.tolist()
-
-
-def _config_step(value, name):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0 or not np.isfinite(value):
-        raise ValueError(f"{name} must be a positive number or None. Received: {name}={value!r}")
-    return float(value)

@@ -12,7 +12,7 @@ attempt their steps in an inner loop and write outputs in the outer one
 steps and write the same values.
 """
 
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import tensorflow as tf
 
@@ -23,6 +23,37 @@ from keras_node.solvers import loop_bodies
 from keras_node.solvers import step_control
 
 
+class Controls(NamedTuple):
+    """How one `integrate` call steps.
+
+    tableau: a `ButcherTableau`.
+    rtol, atol: per-leaf tolerance tensors broadcastable to each leaf.
+    max_num_steps: Python int, bound on attempted steps.
+    first_step: optional positive scalar; adaptive methods only.
+    step_size: optional positive scalar; fixed-step methods only. `None`
+        takes one step per interval of `t_out`.
+    norm_leaves: indices of the leaves in the error norm (default: all; the
+        norm is the RMS over all their components).
+    clip_to_end: adaptive methods only: shorten the step that would pass
+        `t_out[-1]` so that it lands there. The public solvers never do
+        (output times are reached by dense output, API.md); the adjoint's
+        backward intervals do, because their end state must be exact and
+        nothing past it is ever needed.
+    shrink_after_accept: step-size rule after an accepted step (see
+        `step_control.next_step_size`).
+    """
+
+    tableau: object
+    rtol: tuple
+    atol: tuple
+    max_num_steps: int
+    first_step: Optional[tf.Tensor] = None
+    step_size: Optional[tf.Tensor] = None
+    norm_leaves: Optional[tuple] = None
+    clip_to_end: bool = False
+    shrink_after_accept: bool = False
+
+
 class Solution(NamedTuple):
     """What `integrate` returns.
 
@@ -31,6 +62,9 @@ class Solution(NamedTuple):
     last_dt: the step size the controller would try next (lets a caller
         continue with a warm start).
     nfe, num_steps, num_rejected, status: int32 scalars.
+    recorded_t, recorded_y: with `record_steps`, the times (NaN where
+        nothing was recorded) and states (stacked leaves, K each); else None
+        and ().
     """
 
     ys: Tuple[tf.Tensor, ...]
@@ -40,6 +74,8 @@ class Solution(NamedTuple):
     num_steps: tf.Tensor
     num_rejected: tf.Tensor
     status: tf.Tensor
+    recorded_t: Optional[tf.Tensor] = None
+    recorded_y: tuple = ()
 
 
 class _LoopState(NamedTuple):
@@ -54,11 +90,12 @@ class _LoopState(NamedTuple):
     num_steps: tf.Tensor
     num_rejected: tf.Tensor
     status: tf.Tensor
-    # The last accepted step and its dense-output coefficients per leaf, for
-    # the inner-loop layout (polynomial is empty otherwise, or when unused).
-    step_start: tf.Tensor
-    step_dt: tf.Tensor
-    polynomial: tuple
+    # The inner-loop layout with dense output: (start, dt, polynomial) of the
+    # last accepted step, the polynomial's coefficients per leaf (else ()).
+    last_step: tuple = ()
+    # Fixed-step methods with `record_steps`: (index of the next record,
+    # recorded times, recorded states per leaf), K each (else ()).
+    records: tuple = ()
 
 
 def _static_or_dynamic_length(t_out):
@@ -67,11 +104,7 @@ def _static_or_dynamic_length(t_out):
 
 
 @tf.autograph.experimental.do_not_convert
-def integrate(
-    func, y0, t_out, *, tableau, rtol, atol, max_num_steps,
-    first_step=None, step_size=None, norm_leaves=None, initial_status=None,
-    clip_to_end=False, f0=None, shrink_after_accept=False,
-):
+def integrate(func, y0, t_out, controls, *, f0=None, initial_status=None, record_steps=None):
     """Solve `dy/dt = func(t, y)` from `t_out[0]`, writing `y` at each `t_out`.
 
     Args:
@@ -79,79 +112,41 @@ def integrate(
         y0: tuple of leaves at `t_out[0]`.
         t_out: 1-D, strictly increasing, same dtype as the leaves (the
             public functions negate decreasing times before calling this).
-        tableau: a `ButcherTableau`.
-        rtol, atol: per-leaf tolerance tensors broadcastable to each leaf.
-        max_num_steps: Python int, bound on attempted steps.
-        first_step: optional positive scalar; adaptive methods only.
-        step_size: optional positive scalar; fixed-step methods only. `None`
-            takes one step per interval of `t_out`.
-        norm_leaves: indices of the leaves in the error norm (default: all;
-            the norm is the RMS over all their components).
-        initial_status: optional int32 scalar; a non-zero value skips the
-            solve (e.g. times found non-monotonic at run time).
-        clip_to_end: adaptive methods only: shorten the step that would pass
-            `t_out[-1]` so that it lands there. The public solvers never do
-            (output times are reached by dense output, API.md); the adjoint's
-            backward intervals do, because their end state must be exact and
-            nothing past it is ever needed.
+        controls: a `Controls`.
         f0: optional `func(t_out[0], y0)`, when the caller already has it
             (then `nfe` does not count it).
-        shrink_after_accept: step-size rule after an accepted step (see
-            `step_control.next_step_size`).
+        initial_status: optional int32 scalar; a non-zero value skips the
+            solve (e.g. times found non-monotonic at run time).
+        record_steps: fixed-step methods only: optional sorted 1-D int32
+            step counts of static length K, padded with `int32.max`; the
+            state after the first step at or past each count that does not
+            land on an output time is recorded (the adjoint's checkpoints,
+            on steps the method takes anyway).
 
     Returns:
         A `Solution`.
     """
     y0 = tuple(y0)
-    dtype = y0[0].dtype
-    if norm_leaves is None:
-        norm_leaves = list(range(len(y0)))
+    tableau = controls.tableau
+    if controls.norm_leaves is None:
+        controls = controls._replace(norm_leaves=tuple(range(len(y0))))
     num_out = _static_or_dynamic_length(t_out)
-    t0 = tf.gather(t_out, 0)
-
-    nfe = tf.constant(0 if f0 is not None else 1, tf.int32)
-    f0 = tuple(func(t0, y0)) if f0 is None else tuple(f0)
-    status = tf.where(_nest.all_finite(y0 + f0), _status.SUCCESS, _status.NON_FINITE)
-    if initial_status is not None:
-        status = tf.where(tf.equal(initial_status, 0), status, initial_status)
-
-    if tableau.adaptive:
-        if first_step is None:
-            span = tf.gather(t_out, num_out - 1) - t0
-            dt0 = step_control.initial_step(func, t0, y0, f0, tableau.order, rtol, atol,
-                                            norm_leaves, span=span)
-            nfe += 1
-        else:
-            dt0 = tf.cast(first_step, dtype)
-    else:
-        dt0 = tf.zeros([], dtype) if step_size is None else tf.cast(step_size, dtype)
-
-    arrays = tuple(
-        tf.TensorArray(dtype, size=num_out, element_shape=y.shape).write(0, y) for y in y0
-    )
-    # With clip_to_end and one output after the start, that output is the
-    # state the clipped last step lands on: no dense-output polynomial.
-    dense = tableau.adaptive and not (clip_to_end and num_out == 2)
+    dense = _needs_dense_output(controls, num_out)
     inner_loop = tableau.adaptive and loop_bodies.attempts_in_inner_loop(y0)
-    state = _LoopState(
-        t=t0, y=y0, f=f0, dt=dt0, error_ratio=tf.zeros([], dtype),
-        out_index=tf.constant(1, tf.int32), ys=arrays, nfe=nfe,
-        num_steps=tf.constant(0, tf.int32), num_rejected=tf.constant(0, tf.int32),
-        status=status, step_start=t0, step_dt=tf.zeros([], dtype),
-        polynomial=(interpolation.constant(y0, tableau.c_mid is not None)
-                    if dense and inner_loop else ()),
-    )
+    state = _initial_state(func, y0, t_out, num_out, controls, f0, initial_status, record_steps)
+    if dense and inner_loop:
+        state = state._replace(last_step=(state.t, tf.zeros_like(state.t),
+                                          interpolation.constant(y0, tableau.c_mid is not None)))
 
     def keep_going(s):
         return ((s.out_index < num_out) & tf.equal(s.status, _status.SUCCESS)
-                & (s.num_steps + s.num_rejected < max_num_steps))
+                & (s.num_steps + s.num_rejected < controls.max_num_steps))
 
     if tableau.adaptive:
         t_end = tf.gather(t_out, num_out - 1)
 
         def attempt(s):
-            return loop_bodies.attempt_step(s, func, t_end, tableau, rtol, atol, norm_leaves,
-                                            clip_to_end, shrink_after_accept, dense)
+            return loop_bodies.attempt_step(s, func, t_end, controls, dense)
 
         if inner_loop:
             body = loop_bodies.steps_then_outputs(attempt, keep_going, t_out, num_out)
@@ -159,13 +154,56 @@ def integrate(
             body = loop_bodies.step_and_outputs(attempt, t_out, num_out)
     else:
         def body(s):
-            return (loop_bodies.fixed_step(s, func, t_out, num_out, tableau, step_size),)
+            return (loop_bodies.fixed_step(s, func, t_out, num_out, tableau, controls.step_size,
+                                           record_steps),)
 
-    final = tf.while_loop(keep_going, body, (state,), maximum_iterations=max_num_steps)[0]
+    final = tf.while_loop(keep_going, body, (state,), maximum_iterations=controls.max_num_steps)[0]
     unfinished = (final.out_index < num_out) & tf.equal(final.status, _status.SUCCESS)
-    status = tf.where(unfinished, _status.MAX_STEPS, final.status)
+    recorded_t, recorded_y = None, ()
+    if final.records:
+        recorded_t, recorded_y = final.records[1], final.records[2:]
     return Solution(
-        ys=tuple(ta.stack() for ta in final.ys),
-        t_reached=final.t, last_dt=final.dt, nfe=final.nfe,
-        num_steps=final.num_steps, num_rejected=final.num_rejected, status=status,
+        ys=tuple(ta.stack() for ta in final.ys), t_reached=final.t, last_dt=final.dt,
+        nfe=final.nfe, num_steps=final.num_steps, num_rejected=final.num_rejected,
+        status=tf.where(unfinished, _status.MAX_STEPS, final.status),
+        recorded_t=recorded_t, recorded_y=recorded_y,
+    )
+
+
+def _needs_dense_output(controls, num_out):
+    # With clip_to_end and one output after the start, that output is the
+    # state the clipped last step lands on: no dense-output polynomial.
+    return controls.tableau.adaptive and not (controls.clip_to_end and num_out == 2)
+
+
+def _initial_state(func, y0, t_out, num_out, controls, f0, initial_status, record_steps):
+    """The loop state before the first step: f0, status, first step size,
+    output buffers (with y0 written), record buffers."""
+    tableau, dtype = controls.tableau, y0[0].dtype
+    t0 = tf.gather(t_out, 0)
+    nfe = tf.constant(0 if f0 is not None else 1, tf.int32)
+    f0 = tuple(func(t0, y0)) if f0 is None else tuple(f0)
+    status = tf.where(_nest.all_finite(y0 + f0), _status.SUCCESS, _status.NON_FINITE)
+    if initial_status is not None:
+        status = tf.where(tf.equal(initial_status, 0), status, initial_status)
+    if tableau.adaptive and controls.first_step is None:
+        span = tf.gather(t_out, num_out - 1) - t0
+        dt0 = step_control.initial_step(func, t0, y0, f0, tableau.order, controls.rtol,
+                                        controls.atol, controls.norm_leaves, span=span)
+        nfe += 1
+    elif tableau.adaptive or controls.step_size is not None:
+        dt0 = tf.cast(controls.first_step if tableau.adaptive else controls.step_size, dtype)
+    else:
+        dt0 = tf.zeros([], dtype)
+    records = ()
+    if record_steps is not None and not tableau.adaptive:
+        size = record_steps.shape[0]
+        records = (tf.constant(0, tf.int32), tf.fill([size], tf.constant(float("nan"), dtype))) + tuple(
+            tf.zeros(tf.concat([[size], tf.shape(y)], 0), dtype) for y in y0)
+    return _LoopState(
+        t=t0, y=y0, f=f0, dt=dt0, error_ratio=tf.zeros([], dtype),
+        out_index=tf.constant(1, tf.int32),
+        ys=tuple(tf.TensorArray(dtype, size=num_out, element_shape=y.shape).write(0, y) for y in y0),
+        nfe=nfe, num_steps=tf.constant(0, tf.int32), num_rejected=tf.constant(0, tf.int32),
+        status=status, records=records,
     )

@@ -25,16 +25,17 @@ def fit(y0, y1, f0, f1, dt, k=None, c_mid=None):
         y_mid = _nest.axpy_sum(y0, dt, c_mid, k)
     coefficients = []
     for i in range(len(y0)):
-        r1 = y1[i] - y0[i] - dt * f0[i]
-        r2 = dt * (f1[i] - f0[i])
+        h = _nest.per_sample(dt, y0[i])  # a per-sample step size lines up with axis 0
+        r1 = y1[i] - y0[i] - h * f0[i]
+        r2 = h * (f1[i] - f0[i])
         if c_mid is None:
             p2, p3, p4 = 3.0 * r1 - r2, r2 - 2.0 * r1, None
         else:
-            r3 = y_mid[i] - y0[i] - 0.5 * dt * f0[i]
+            r3 = y_mid[i] - y0[i] - 0.5 * h * f0[i]
             p2 = -5.0 * r1 + r2 + 16.0 * r3
             p3 = 14.0 * r1 - 3.0 * r2 - 32.0 * r3
             p4 = -8.0 * r1 + 2.0 * r2 + 16.0 * r3
-        leaf = (y0[i], dt * f0[i], p2, p3) if p4 is None else (y0[i], dt * f0[i], p2, p3, p4)
+        leaf = (y0[i], h * f0[i], p2, p3) if p4 is None else (y0[i], h * f0[i], p2, p3, p4)
         coefficients.append(leaf)
     return tuple(coefficients)
 
@@ -47,10 +48,12 @@ def constant(y0, quartic):
 
 
 def evaluate(coefficients, x):
-    """Value of the fitted polynomial at fraction `x` of the step (Horner)."""
+    """Value of the fitted polynomial at fraction `x` of the step (Horner);
+    `x` is a scalar or per sample, shape `(batch,)`."""
     values = []
     for leaf in coefficients:
         p0, p1, p2, p3 = leaf[:4]
-        acc = p3 if len(leaf) == 4 else p3 + x * leaf[4]
-        values.append(p0 + x * (p1 + x * (p2 + x * acc)))
+        u = _nest.per_sample(x, p0)
+        acc = p3 if len(leaf) == 4 else p3 + u * leaf[4]
+        values.append(p0 + u * (p1 + u * (p2 + u * acc)))
     return tuple(values)

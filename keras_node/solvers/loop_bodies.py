@@ -8,6 +8,9 @@ changed with `_replace`); outputs go into its TensorArrays through
 """
 
 import tensorflow as tf
+# Private, because no public API tells whether a gradient tape is recording:
+# under XLA while one records, XLA may differentiate the solver loop, which
+# decides the loop layout (`attempts_in_inner_loop`).
 from tensorflow.python.eager import record
 
 from keras_node import _nest
@@ -96,17 +99,18 @@ def steps_then_outputs(attempt, keep_going, t_out, num_out):
 
         def step(s):
             new, accept, (start, dt, polynomial) = attempt(s)
-            return (new._replace(
-                step_start=tf.where(accept, start, s.step_start),
-                step_dt=tf.where(accept, dt, s.step_dt),
-                polynomial=tuple(_nest.where(accept, p_new, p_old)
-                                 for p_new, p_old in zip(polynomial, s.polynomial)),
-            ),)
+            if not s.last_step:
+                return (new,)
+            kept = (start, dt, polynomial)
+            return (new._replace(last_step=tf.nest.map_structure(
+                lambda a, b: tf.where(accept, a, b), kept, s.last_step)),)
 
         # The output buffers stay out of the inner loop (attempts_in_inner_loop).
         stepped = tf.while_loop(before_target, step, (s._replace(ys=()),))[0]
-        value_at = _dense_output(stepped.step_start, stepped.step_dt, stepped.polynomial,
-                                 stepped.y)
+        if stepped.last_step:
+            value_at = _dense_output(*stepped.last_step, stepped.y)
+        else:
+            value_at = _dense_output(None, None, (), stepped.y)
         out_index, ys = write_due_outputs(s.ys, s.out_index, t_out, num_out, stepped.t,
                                           value_at)
         return (stepped._replace(out_index=out_index, ys=ys),)
@@ -128,26 +132,28 @@ def _dense_output(start, dt, polynomial, y_end):
     return value_at
 
 
-def attempt_step(s, func, t_end, tableau, rtol, atol, norm_leaves, clip_to_end,
-                 shrink_after_accept, dense):
+def attempt_step(s, func, t_end, controls, dense):
     """Attempt one step of size s.dt towards `t_end`; accept or reject it.
 
     Returns `(new_state, accept, (start, dt, polynomial))`: the loop state
     after the attempt (outputs untouched), whether it was accepted, and the
     attempted step's dense output (`polynomial` empty unless `dense`).
     """
+    tableau = controls.tableau
     dt = s.dt
-    if clip_to_end:
+    if controls.clip_to_end:
         remaining = t_end - s.t
         clipped = remaining < dt
         dt = tf.where(clipped, remaining, dt)
     y1, f1, y_error, k = rk_step(func, s.t, s.y, s.f, dt, tableau)
-    ratio = step_control.error_ratio(y_error, s.y, y1, rtol, atol, norm_leaves)
+    ratio = step_control.error_ratio(y_error, s.y, y1, controls.rtol, controls.atol,
+                                     controls.norm_leaves)
     accept = ratio <= 1.0  # False for NaN: a non-finite step is a rejected step
     t_new = tf.where(accept, s.t + dt, s.t)
     polynomial = interpolation.fit(s.y, y1, s.f, f1, dt, k, tableau.c_mid) if dense else ()
-    dt_new = step_control.next_step_size(dt, ratio, accept, tableau.order, shrink_after_accept)
-    if clip_to_end:
+    dt_new = step_control.next_step_size(dt, ratio, accept, tableau.order,
+                                         controls.shrink_after_accept)
+    if controls.clip_to_end:
         # A step shortened to land on the end says little about the step the
         # dynamics allow: keep the longer proposal for whoever continues.
         dt_new = tf.where(clipped & accept, tf.maximum(dt_new, s.dt), dt_new)
@@ -169,8 +175,9 @@ def attempt_step(s, func, t_end, tableau, rtol, atol, norm_leaves, clip_to_end,
     return new, accept, (s.t, dt, polynomial)
 
 
-def fixed_step(s, func, t_out, num_out, tableau, step_size):
-    """One step of a fixed-step method, shortened to land on the next output."""
+def fixed_step(s, func, t_out, num_out, tableau, step_size, record_steps=None):
+    """One step of a fixed-step method, shortened to land on the next output;
+    with `record_steps`, also record the state after the steps they name."""
     target = tf.gather(t_out, s.out_index)
     remaining = target - s.t
     if step_size is None:
@@ -186,9 +193,34 @@ def fixed_step(s, func, t_out, num_out, tableau, step_size):
     t1 = tf.where(lands, target, s.t + dt)
     out_index, ys = write_due_outputs(s.ys, s.out_index, t_out, num_out, t1,
                                       lambda _: y1, allowed=lands, max_writes=1)
+    records = _record(s, record_steps, ~lands, t1, y1) if s.records else ()
     finite = _nest.all_finite(y1 + f1)
     return s._replace(
-        t=t1, y=y1, f=f1, out_index=out_index, ys=ys,
+        t=t1, y=y1, f=f1, out_index=out_index, ys=ys, records=records,
         nfe=s.nfe + tableau.new_evaluations_per_step, num_steps=s.num_steps + 1,
         status=tf.where(finite, s.status, _status.NON_FINITE),
     )
+
+
+def _record(s, record_steps, allowed, t1, y1):
+    """`s.records` = (next index, times, *states) with `(t1, y1)` stored as
+    the next record when this step (number `s.num_steps + 1`) reaches the
+    next count in `record_steps`.
+
+    Records are whole tensors with a leading axis of `len(record_steps)`
+    (static, so XLA can hold them), updated in place at the next index.
+    """
+    index, arrays = s.records[0], s.records[1:]
+    # A sentinel past every step count keeps the gather valid once all
+    # records are written.
+    padded = tf.concat([record_steps, [tf.int32.max]], axis=0)
+    due = allowed & (s.num_steps + 1 >= tf.gather(padded, index))
+
+    def write(j, arrays):
+        values = (t1,) + tuple(y1)
+        return j + 1, tuple(tf.tensor_scatter_nd_update(r, [[j]], [v]) for r, v in zip(arrays, values))
+
+    # A loop that runs at most once, not a cond (see write_due_outputs).
+    index, arrays = tf.while_loop(lambda j, _: due & tf.equal(j, index), write, (index, arrays),
+                                  maximum_iterations=1)
+    return (index,) + tuple(arrays)

@@ -23,14 +23,21 @@ ADAPTIVE_METHODS = tuple(name for name, tab in _TABLEAUS.items() if tab.adaptive
 FIXED_STEP_METHODS = tuple(name for name, tab in _TABLEAUS.items() if not tab.adaptive)
 
 
+def unknown_method_message(method, argument_name="method"):
+    """The one message for a method name that is not in `METHODS`."""
+    return (
+        f"Unknown ODE solver {argument_name}. Expected one of "
+        f"{', '.join(repr(m) for m in METHODS)} "
+        f"(adaptive: {', '.join(ADAPTIVE_METHODS)}; fixed-step: "
+        f"{', '.join(FIXED_STEP_METHODS)}). Received: {argument_name}={method!r}"
+    )
+
+
 def get_tableau(method, argument_name="method"):
     """Return the `ButcherTableau` named `method`, or raise a ValueError
-    listing the valid names."""
-    if not isinstance(method, str) or method not in _TABLEAUS:
-        raise ValueError(
-            f"Unknown ODE solver {argument_name}. Expected one of "
-            f"{', '.join(repr(m) for m in METHODS)} "
-            f"(adaptive: {', '.join(ADAPTIVE_METHODS)}; fixed-step: "
-            f"{', '.join(FIXED_STEP_METHODS)}). Received: {argument_name}={method!r}"
-        )
+    (TypeError for a non-string) listing the valid names."""
+    if not isinstance(method, str):
+        raise TypeError(unknown_method_message(method, argument_name))
+    if method not in _TABLEAUS:
+        raise ValueError(unknown_method_message(method, argument_name))
     return _TABLEAUS[method]

@@ -37,19 +37,20 @@ MAX_GROWTH = 10.0
 MIN_SHRINK = 0.2
 
 
-def _norm(leaves, norm_leaves):
-    return _nest.rms_norm([leaves[i] for i in norm_leaves])
+def _norm(leaves, norm_leaves, batched=False):
+    return _nest.rms_norm([leaves[i] for i in norm_leaves], batched)
 
 
-def error_ratio(y_error, y0, y1, rtol, atol, norm_leaves):
-    """Scaled error norm of one step (a scalar; <= 1 means accept)."""
+def error_ratio(y_error, y0, y1, rtol, atol, norm_leaves, batched=False):
+    """Scaled error norm of one step (<= 1 means accept): a scalar, or one
+    per sample (over all but axis 0, shape `(batch,)`) when `batched`."""
     # Only the leaves in the norm are scaled: the seminorm's parameter vector
     # would be work thrown away on every backward step.
     scaled = [
         y_error[i] / (atol[i] + rtol[i] * tf.maximum(tf.abs(y0[i]), tf.abs(y1[i])))
         for i in norm_leaves
     ]
-    return tf.stop_gradient(_nest.rms_norm(scaled))
+    return tf.stop_gradient(_nest.rms_norm(scaled, batched))
 
 
 def next_step_size(dt, ratio, accept, order, shrink_after_accept=False):
@@ -66,24 +67,25 @@ def next_step_size(dt, ratio, accept, order, shrink_after_accept=False):
     return tf.stop_gradient(dt * factor)
 
 
-def initial_step(func, t0, y0, f0, order, rtol, atol, norm_leaves, span=None):
+def initial_step(func, t0, y0, f0, order, rtol, atol, norm_leaves, span=None, batched=False):
     """Starting step size by Hairer, Norsett & Wanner, Sec. II.4.
 
     `order` is the propagated order of the method. Costs one evaluation of
-    `func`. Returns a positive scalar. One departure: when `f` is (nearly)
+    `func`. Returns a positive scalar, or one per sample when `batched`
+    (then `t0` and `span` are per sample too). One departure: when `f` is (nearly)
     zero at the start and at the probe, the algorithm's 1e-6 guess would
     make a fresh zero-initialised Neural ODE crawl up by factors of ten for
     several steps; with the integration `span` known we try all of it.
     """
     dtype = t0.dtype
     scale = [a + r * tf.abs(y) for y, r, a in zip(y0, rtol, atol)]
-    d0 = _norm([y / s for y, s in zip(y0, scale)], norm_leaves)
-    d1 = _norm([f / s for f, s in zip(f0, scale)], norm_leaves)
+    d0 = _norm([y / s for y, s in zip(y0, scale)], norm_leaves, batched)
+    d1 = _norm([f / s for f, s in zip(f0, scale)], norm_leaves, batched)
     small = (d0 < 1e-5) | (d1 < 1e-5)
     h0 = tf.where(small, tf.constant(1e-6, dtype), 0.01 * d0 / tf.where(small, tf.ones_like(d1), d1))
-    y_probe = tuple(y + h0 * f for y, f in zip(y0, f0))
+    y_probe = tuple(y + _nest.per_sample(h0, f) * f for y, f in zip(y0, f0))
     f_probe = func(t0 + h0, y_probe)
-    d2 = _norm([(fp - f) / s for fp, f, s in zip(f_probe, f0, scale)], norm_leaves) / h0
+    d2 = _norm([(fp - f) / s for fp, f, s in zip(f_probe, f0, scale)], norm_leaves, batched) / h0
     both_tiny = (d1 <= 1e-15) & (d2 <= 1e-15)
     h1 = tf.where(
         both_tiny,

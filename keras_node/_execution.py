@@ -1,0 +1,83 @@
+"""One execution path: the solvers are graph code; eager calls compile it once.
+
+`run(func, key, core, arg, jit)` computes `core(func, arg)`:
+
+- while a graph is being built (inside `tf.function`, Keras' `fit`,
+  `predict` ...): inline, or as a nested XLA-compiled function when `jit`;
+- eagerly: through a `tf.function` of `core` (XLA-compiled when `jit`) built
+  once per `(func, key, jit)`, where `key` holds the options that shape the
+  computation. `arg` (the call's tensors and a few Python values such as the
+  time direction) is that function's argument, so TensorFlow's own cache
+  keys it by shapes and dtypes.
+
+Cores are pure computations; callers check their status outside (where
+TensorFlow can raise even when the core ran under XLA).
+
+The rule for Python state (documented on `odeint`): it is `tf.function`'s.
+Python values `func` reads (numbers, numpy arrays, attributes, globals) are
+captured when a call first traces it; tensors and variables are read on every
+call. A later change of such a Python value is not seen by later eager calls
+of the same `func`: hold it in a `tf.Variable`, or pass a new function.
+
+The cache holds the user's function weakly (bound methods by their object),
+so it never keeps a model alive.
+"""
+
+import weakref
+
+import tensorflow as tf
+
+from keras_node import _status
+
+_CACHE = weakref.WeakKeyDictionary()
+
+
+def _owner_and_method(func):
+    """What to hold weakly, and which function of it (for bound methods)."""
+    bound_to = getattr(func, "__self__", None)
+    if bound_to is not None and hasattr(func, "__func__"):
+        return bound_to, func.__func__
+    return func, None
+
+
+def _compile(func, core, jit):
+    """A `tf.function` of `core` that reaches `func` through a weak reference."""
+    owner, method = _owner_and_method(func)
+    owner_ref = weakref.ref(owner)
+
+    def traced(arg):
+        target = owner_ref()
+        return core(target if method is None else method.__get__(target), arg)
+
+    # reduce_retracing: a new batch size relaxes the shapes once instead of
+    # tracing (and compiling) the solver again for every size.
+    return tf.function(traced, autograph=False, jit_compile=jit, reduce_retracing=True)
+
+
+def _compiled(func, key, core, jit):
+    owner, method = _owner_and_method(func)
+    try:
+        entries = _CACHE.setdefault(owner, {})
+    except TypeError:  # not weak-referenceable: compile for this call only
+        return tf.function(lambda a: core(func, a), autograph=False, jit_compile=jit)
+    compiled = entries.get((method, key, jit))
+    if compiled is None:
+        compiled = entries[(method, key, jit)] = _compile(func, core, jit)
+    return compiled
+
+
+def run(func, key, core, arg, jit=False):
+    """`core(func, arg)`: compiled once per `(func, key, jit)` when eager;
+    inline in graphs (a nested XLA function when `jit`)."""
+    if tf.executing_eagerly():
+        return _compiled(func, key, core, jit)(arg)
+    if jit and not _status.in_xla_context():
+        return tf.function(lambda: core(func, arg), autograph=False, jit_compile=True)()
+    return core(func, arg)
+
+
+def traced_variables(func, key, core, arg, jit=False):
+    """The trainable variables the eagerly compiled `core` for `arg` reads
+    (it is traced now if it was not yet)."""
+    concrete = _compiled(func, key, core, jit).get_concrete_function(arg)
+    return list(concrete.trainable_variables)

@@ -1,0 +1,34 @@
+"""The solver counters of an `ODELayer`, kept as non-trainable Keras weights."""
+
+from keras_node.adjoint.stats import assign_then
+
+
+class Counters:
+    """The layer's solver counters: non-trainable int32 Keras variables.
+
+    `backward` quacks like `keras_node.AdjointStats`, so the adjoint's
+    backward pass writes its counts straight into the layer.
+    """
+
+    def __init__(self, layer):
+        def counter(name):
+            return layer.add_weight(
+                shape=(), dtype="int32", initializer="zeros", trainable=False,
+                aggregation="only_first_replica", name=name,
+            )
+
+        self.nfe_forward = counter("nfe_forward")
+        self.nfe_backward = counter("nfe_backward")
+        self.backward = BackwardCounters(self.nfe_backward, counter("num_steps_backward"),
+                                          counter("num_rejected_backward"), counter("status_backward"))
+
+    def record_forward(self, ys, stats):
+        """`ys`, once the forward solve's `nfe` is stored."""
+        return assign_then([(self.nfe_forward, stats["nfe"])], [ys])[0]
+
+
+class BackwardCounters:
+    """The backward solve's counters, with `AdjointStats`' attribute names."""
+
+    def __init__(self, nfe, num_steps, num_rejected, status):
+        self.nfe, self.num_steps, self.num_rejected, self.status = nfe, num_steps, num_rejected, status

@@ -1,0 +1,190 @@
+"""Solver options: built from the public keyword arguments and validated once.
+
+`odeint`, `odeint_adjoint` and `ODELayer` all turn their keyword arguments
+into these frozen objects first, and everything below them reads the
+objects; no option travels as a loose parameter. Every check lives here, with
+one error convention (API.md): a value of the wrong *type* raises TypeError
+(a bool is not a number), a value of the right type but outside the allowed
+range raises ValueError, and each message names the option, says what was
+expected and ends with `Received: name=value`.
+
+What cannot be checked without the state (a tolerance tensor's shape against
+`y0`, say) is checked per call in `_inputs.py`.
+"""
+
+import dataclasses
+from typing import Any, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from keras_node._validate import (both_zero, check_batch_axis, check_bool, check_choice, check_int,
+                                  check_jit_compile, check_method, check_positive_scalar,
+                                  check_tolerance)
+from keras_node.solvers import registry
+
+DEFAULT_CHECKPOINTS = 16
+"""Default `adjoint_checkpoints`, chosen from benchmarks/checkpoints.py (see
+benchmarks/RESULTS.md): on a contractive MLP field (float64, rtol 1e-5) the
+plain backsolve adjoint's dL/dh0 error is 0.31 / 8.9 / 6e18 at T = 1 / 4 / 16;
+with K = 16 it is 2.7e-3 / 3.8e-2 / 0.50, as good as direct backprop
+(2.9e-3 / 6.8e-2 / 0.50), for no more backward evaluations than K = 0.
+Short solves use fewer of them (`adjoint.checkpoints.STEPS_PER_ANCHOR`)."""
+
+def _jsonable(value):
+    """A config value: tensors and arrays become (nested) lists."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (tf.Tensor, tf.Variable, np.ndarray, np.generic)):
+        return np.asarray(value).tolist()
+    return value
+
+
+_RUNTIME_FIELDS = {"rtol", "atol", "first_step", "step_size", "adjoint_rtol", "adjoint_atol"}
+
+
+def _freeze(value):
+    """A hashable stand-in for an option value (cache keys)."""
+    if isinstance(value, dict):
+        return tuple((k, _freeze(v)) for k, v in sorted(value.items(), key=lambda kv: str(kv[0])))
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        return ("tensor", id(value))
+    if isinstance(value, np.ndarray):
+        return ("array", value.dtype.str, value.shape, value.tobytes())
+    return value
+
+
+class _Options:
+    """Shared behaviour: validate fields on creation, config, cache key."""
+
+    _CHECKS = {}
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            object.__setattr__(self, field.name, self._CHECKS[field.name](value, field.name))
+        self._check_together()
+
+    def _check_together(self):
+        pass
+
+    def to_config(self):
+        """The options as a JSON-serialisable dict of the public keyword arguments."""
+        return {field.name: _jsonable(getattr(self, field.name)) for field in dataclasses.fields(self)}
+
+    def key(self):
+        """A hashable summary of what shapes the computation (compiled
+        functions are cached per key). Tolerances and step lengths travel to
+        the solver as tensors, so only whether they are given counts."""
+        return (type(self).__name__,) + tuple(
+            (getattr(self, f.name) is None) if f.name in _RUNTIME_FIELDS else _freeze(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+        )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SolverOptions(_Options):
+    """How to solve: method, tolerances, step limits, XLA.
+
+    Fields are the public keyword arguments of `keras_node.odeint` (see its
+    docstring for their meaning); creating the object validates them.
+
+    Example:
+
+    >>> options = SolverOptions(method="rk4", step_size=0.1)
+    >>> options.tableau.order
+    4
+    """
+
+    method: str = "dopri5"
+    rtol: Any = 1e-3
+    atol: Any = 1e-6
+    first_step: Optional[Any] = None
+    step_size: Optional[Any] = None
+    max_num_steps: int = 10_000
+    jit_compile: Any = "auto"
+    batch_axis: Optional[int] = None
+
+    _CHECKS = {
+        "method": check_method,
+        "rtol": check_tolerance,
+        "atol": check_tolerance,
+        "first_step": check_positive_scalar,
+        "step_size": check_positive_scalar,
+        "max_num_steps": lambda v, n: check_int(v, n, 1),
+        "jit_compile": check_jit_compile,
+        "batch_axis": check_batch_axis,
+    }
+
+    def _check_together(self):
+        if both_zero(self.rtol, self.atol):
+            raise ValueError("rtol and atol cannot both be zero: no step could pass the error "
+                             "test. Received: rtol=0.0, atol=0.0")
+
+    @property
+    def tableau(self):
+        """The `ButcherTableau` of `method`."""
+        return registry.get_tableau(self.method)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AdjointOptions(_Options):
+    """How the adjoint's backward solve runs (see `keras_node.odeint_adjoint`).
+
+    `adjoint_method`, `adjoint_rtol`, `adjoint_atol`: None means "as the
+    forward solve". `nonfinite_gradients` is internal: `"nan"` turns a
+    backward solve that became non-finite into NaN gradients instead of an
+    error (`ODELayer` under float16, whose loss-scale optimizer expects
+    overflowing gradients now and then).
+
+    Example:
+
+    >>> AdjointOptions(adjoint_checkpoints=0).adjoint_seminorm
+    True
+    """
+
+    adjoint_method: Optional[str] = None
+    adjoint_rtol: Optional[Any] = None
+    adjoint_atol: Optional[Any] = None
+    adjoint_seminorm: bool = True
+    adjoint_checkpoints: int = DEFAULT_CHECKPOINTS
+    nonfinite_gradients: str = "raise"
+
+    _CHECKS = {
+        "adjoint_method": lambda v, n: None if v is None else check_method(v, n),
+        "adjoint_rtol": lambda v, n: None if v is None else check_tolerance(v, n),
+        "adjoint_atol": lambda v, n: None if v is None else check_tolerance(v, n),
+        "adjoint_seminorm": check_bool,
+        "adjoint_checkpoints": lambda v, n: check_int(v, n, 0),
+        "nonfinite_gradients": lambda v, n: check_choice(v, n, ("raise", "nan")),
+    }
+
+    def _check_together(self):
+        if both_zero(self.adjoint_rtol, self.adjoint_atol):
+            raise ValueError("adjoint_rtol and adjoint_atol cannot both be zero: no step could "
+                             "pass the error test. Received: adjoint_rtol=0.0, adjoint_atol=0.0")
+
+    def to_config(self):
+        config = super().to_config()
+        del config["nonfinite_gradients"]  # internal, derived from the layer's dtype policy
+        return config
+
+    def backward(self, forward):
+        """The `SolverOptions` of the backward solve, given the forward ones."""
+        return dataclasses.replace(
+            forward,
+            method=forward.method if self.adjoint_method is None else self.adjoint_method,
+            rtol=forward.rtol if self.adjoint_rtol is None else self.adjoint_rtol,
+            atol=forward.atol if self.adjoint_atol is None else self.adjoint_atol,
+        )
+
+    @property
+    def same_as_forward(self):
+        """Whether the backward solve uses the forward method and tolerances
+        (then the forward's last step size is a good first backward step)."""
+        return self.adjoint_method is None and self.adjoint_rtol is None and self.adjoint_atol is None
+
