@@ -207,10 +207,11 @@ def _initial_state(func, y0, t_out, num_out, controls, f0, initial_status, recor
         size = record_steps.shape[0]
         records = (tf.constant(0, tf.int32), tf.fill([size], tf.constant(float("nan"), dtype))) + tuple(
             tf.zeros(tf.concat([[size], tf.shape(y)], 0), dtype) for y in y0)
-    return _LoopState(
+    state = _LoopState(
         t=t0, y=y0, f=f0, dt=dt0, error_ratio=tf.zeros([], dtype),
         out_index=tf.constant(1, tf.int32),
         ys=tuple(tf.TensorArray(dtype, size=num_out, element_shape=y.shape).write(0, y) for y in y0),
         nfe=nfe, num_steps=tf.constant(0, tf.int32), num_rejected=tf.constant(0, tf.int32),
-        status=status, records=records, stop_index=stops.first_index(controls.stops, t0),
+        status=status, records=records,
     )
+    return state._replace(stop_index=stops.first_index(controls.stops, t0))
