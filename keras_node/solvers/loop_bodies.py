@@ -179,16 +179,7 @@ def fixed_step(s, func, t_out, num_out, tableau, step_size, record_steps=None):
     """One step of a fixed-step method, shortened to land on the next output;
     with `record_steps`, also record the state after the steps they name."""
     target = tf.gather(t_out, s.out_index)
-    remaining = target - s.t
-    if step_size is None:
-        lands = tf.constant(True)
-        dt = remaining
-    else:
-        # Land when within a few ulps of a full step, so that rounding in the
-        # accumulated time never leaves a sliver of a step before an output.
-        eps = 1e-12 if remaining.dtype == tf.float64 else 1e-5
-        lands = remaining <= s.dt * (1.0 + eps)
-        dt = tf.where(lands, remaining, s.dt)
+    dt, lands = fixed_step_size(target - s.t, s.dt, step_size is not None)
     y1, f1, _, _ = rk_step(func, s.t, s.y, s.f, dt, tableau)
     t1 = tf.where(lands, target, s.t + dt)
     out_index, ys = write_due_outputs(s.ys, s.out_index, t_out, num_out, t1,
@@ -200,6 +191,20 @@ def fixed_step(s, func, t_out, num_out, tableau, step_size, record_steps=None):
         nfe=s.nfe + tableau.new_evaluations_per_step, num_steps=s.num_steps + 1,
         status=tf.where(finite, s.status, _status.NON_FINITE),
     )
+
+
+def fixed_step_size(remaining, step, has_step_size):
+    """`(dt, lands)` of a fixed-step method `remaining` short of its next
+    output: a full `step`, or the rest when that lands on the output
+    (always without a step size: one step per interval). Scalars or per
+    sample alike."""
+    if not has_step_size:
+        return remaining, tf.ones_like(remaining, tf.bool)
+    # Land when within a few ulps of a full step, so that rounding in the
+    # accumulated time never leaves a sliver of a step before an output.
+    eps = 1e-12 if remaining.dtype == tf.float64 else 1e-5
+    lands = remaining <= step * (1.0 + eps)
+    return tf.where(lands, remaining, step), lands
 
 
 def _record(s, record_steps, allowed, t1, y1):

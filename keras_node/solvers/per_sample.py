@@ -25,6 +25,7 @@ from keras_node import _status
 from keras_node.solvers import interpolation
 from keras_node.solvers import step_control
 from keras_node.solvers.integrate import Solution
+from keras_node.solvers.loop_bodies import fixed_step_size
 from keras_node.solvers.rk_step import rk_step
 
 
@@ -160,15 +161,7 @@ def _fixed_step(s, active, func, t_out, num_out, controls):
     """One step of a fixed-step method per active sample, shortened to
     land on its next output time."""
     target = _next_times(t_out, s.out_index, num_out)
-    remaining = target - s.t
-    if controls.step_size is None:
-        lands = tf.ones_like(active)
-        dt = remaining
-    else:
-        # Land when within a few ulps of a full step (see loop_bodies.fixed_step).
-        eps = 1e-12 if remaining.dtype == tf.float64 else 1e-5
-        lands = remaining <= s.dt * (1.0 + eps)
-        dt = tf.where(lands, remaining, s.dt)
+    dt, lands = fixed_step_size(target - s.t, s.dt, controls.step_size is not None)
     dt = tf.where(active, dt, tf.zeros_like(dt))
     y1, f1, _, _ = rk_step(func, s.t, s.y, s.f, dt, controls.tableau)
     t1 = tf.where(active, tf.where(lands, target, s.t + dt), s.t)
