@@ -15,6 +15,7 @@ import tensorflow as tf
 from keras_node import _status
 from keras_node.adjoint import augmented
 from keras_node.adjoint.backward import BackwardPass, BackwardState
+from keras_node.adjoint.forward import output_indices
 from keras_node.solvers.integrate import integrate
 
 
@@ -28,9 +29,7 @@ class PerSampleBackwardPass(BackwardPass):
 
     def _output_rows(self):
         """`[n, batch, 2]` indices (anchor of output i of sample b, b)."""
-        positions = self.anchors.positions
-        rows = tf.broadcast_to(tf.range(tf.shape(positions)[0])[:, None], tf.shape(positions))
-        return tf.transpose(tf.stack([positions, rows], -1), [1, 0, 2])
+        return output_indices(self.anchors.positions)
 
     def _anchor_indices(self):
         return self._output_rows()

@@ -79,5 +79,11 @@ def _gather_outputs(states, positions):
     of sample b."""
     if positions.shape.rank == 1:
         return tf.gather(states, positions)
+    return tf.gather_nd(states, output_indices(positions))
+
+
+def output_indices(positions):
+    """`[n, batch, 2]` indices (anchor of output i of sample b, b) into
+    anchors `[A, batch, ...]`, from per-sample `positions` `(batch, n)`."""
     rows = tf.broadcast_to(tf.range(tf.shape(positions)[0])[:, None], tf.shape(positions))
-    return tf.gather_nd(states, tf.transpose(tf.stack([positions, rows], -1), [1, 0, 2]))
+    return tf.transpose(tf.stack([positions, rows], -1), [1, 0, 2])
