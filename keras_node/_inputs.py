@@ -33,6 +33,9 @@ class Problem(NamedTuple):
     atol: tuple
     first_step: Optional[tf.Tensor]
     step_size: Optional[tf.Tensor]
+    max_step: Optional[tf.Tensor] = None
+    step_times: Optional[tf.Tensor] = None  # 1-D, user time, increasing
+    jump_times: Optional[tf.Tensor] = None
 
     @property
     def leaves(self):
@@ -63,7 +66,14 @@ def problem(y0, t, options):
         direction=direction, rtol=rtol, atol=atol,
         first_step=step_tensor(options.first_step, solve_dtype),
         step_size=step_tensor(options.step_size, solve_dtype),
+        max_step=step_tensor(options.max_step, solve_dtype),
+        step_times=_optional_tensor(options.step_times, solve_dtype),
+        jump_times=_optional_tensor(options.jump_times, solve_dtype),
     )
+
+
+def _optional_tensor(value, dtype):
+    return None if value is None else tf.reshape(_as_tensor(value, dtype), [-1])
 
 
 def check_batch(leaves, t):

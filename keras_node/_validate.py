@@ -68,6 +68,24 @@ def check_batch_axis(value, name="batch_axis"):
     return 0
 
 
+def check_times(value, name):
+    """None, or 1-D strictly increasing finite times (where known now)."""
+    if value is None:
+        return None
+    expected = "None or a 1-D list, array or tensor of strictly increasing times"
+    if isinstance(value, (bool, numbers.Number, str, bytes, dict)):
+        raise TypeError(f"{name} must be {expected}. {_received_type(name, value)}")
+    static = _static_values(value, name, expected)
+    if static is None:
+        return value
+    if static.ndim != 1:
+        raise ValueError(f"{name} must be {expected}; got shape {static.shape}. {_received(name, value)}")
+    if not np.all(np.isfinite(static)) or np.any(np.diff(static) <= 0):
+        raise ValueError(f"{name} must be {expected} (finite, sorted, no repeats). "
+                         f"{_received(name, value)}")
+    return [float(v) for v in static] if isinstance(value, (list, tuple)) else value
+
+
 def _static_values(value, name, expected):
     """The numbers in `value` as a float64 array (None if only known at run
     time); TypeError unless `value` holds real numbers."""

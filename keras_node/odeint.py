@@ -20,6 +20,7 @@ from keras_node import _status
 from keras_node import _xla
 from keras_node._validate import check_bool, short_repr
 from keras_node.options import SolverOptions
+from keras_node.solvers import stops
 from keras_node.solvers.integrate import Controls, integrate
 from keras_node.solvers.per_sample import integrate_per_sample
 
@@ -30,7 +31,7 @@ from keras_node.solvers.per_sample import integrate_per_sample
 def odeint(
     func, y0, t, *, method="dopri5", rtol=1e-3, atol=1e-6, first_step=None,
     step_size=None, max_num_steps=10_000, return_stats=False, jit_compile="auto", name=None,
-    batch_axis=None,
+    batch_axis=None, max_step=None, step_times=None, jump_times=None,
 ):
     """Integrate `dy/dt = func(t, y)` from `y(t[0]) = y0` and return y at every `t`.
 
@@ -79,6 +80,13 @@ def odeint(
             `ys[i, b] = y_b(t[b, i])`. The stats `num_steps`,
             `num_rejected` and `status` have shape `(batch,)` (`nfe` counts
             batched calls); a failing sample raises naming its index.
+        max_step: upper bound on the step size of adaptive methods.
+        step_times: 1-D strictly increasing times (user time) the solver must
+            step onto rather than interpolate across (adaptive methods).
+        jump_times: 1-D strictly increasing times where `func` is
+            discontinuous: the solver steps onto them and evaluates `func`
+            again just after each, instead of reusing the end-of-step
+            derivative (adaptive methods; one extra evaluation per jump).
 
     Called eagerly, the solve runs as a `tf.function` compiled once per
     (`func`, options) and reused; it follows `tf.function`'s rule for Python
@@ -108,7 +116,8 @@ def odeint(
     """
     options = SolverOptions(method=method, rtol=rtol, atol=atol, first_step=first_step,
                             step_size=step_size, max_num_steps=max_num_steps,
-                            jit_compile=jit_compile, batch_axis=batch_axis)
+                            jit_compile=jit_compile, batch_axis=batch_axis, max_step=max_step,
+                            step_times=step_times, jump_times=jump_times)
     check_bool(return_stats, "return_stats")
     ys, stats = solve(func, y0, t, options, name=name)
     return (ys, stats) if return_stats else ys
@@ -155,7 +164,8 @@ def integrate_problem(func, problem, options, tau_out=None, record_steps=None):
     controls = Controls(
         tableau=options.tableau, rtol=problem.rtol, atol=problem.atol,
         max_num_steps=options.max_num_steps, first_step=problem.first_step,
-        step_size=problem.step_size,
+        step_size=problem.step_size, max_step=problem.max_step,
+        stops=stops.in_solver_time(problem.step_times, problem.jump_times, direction),
     )
     func = _inputs.normalized_func(func, problem.y0, direction)
     tau = tau if tau_out is None else tau_out

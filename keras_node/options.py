@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from keras_node._validate import (both_zero, check_batch_axis, check_bool, check_choice, check_int,
                                   check_jit_compile, check_method, check_positive_scalar,
-                                  check_tolerance)
+                                  check_times, check_tolerance)
 from keras_node.solvers import registry
 
 DEFAULT_CHECKPOINTS = 16
@@ -42,7 +42,9 @@ def _jsonable(value):
     return value
 
 
-_RUNTIME_FIELDS = {"rtol", "atol", "first_step", "step_size", "adjoint_rtol", "adjoint_atol"}
+_RUNTIME_FIELDS = {"rtol", "atol", "first_step", "step_size", "adjoint_rtol", "adjoint_atol",
+                   "max_step", "step_times", "jump_times"}
+_ADAPTIVE_ONLY = ("max_step", "step_times", "jump_times")
 
 
 def _freeze(value):
@@ -108,6 +110,9 @@ class SolverOptions(_Options):
     max_num_steps: int = 10_000
     jit_compile: Any = "auto"
     batch_axis: Optional[int] = None
+    max_step: Optional[Any] = None
+    step_times: Optional[Any] = None
+    jump_times: Optional[Any] = None
 
     _CHECKS = {
         "method": check_method,
@@ -118,12 +123,21 @@ class SolverOptions(_Options):
         "max_num_steps": lambda v, n: check_int(v, n, 1),
         "jit_compile": check_jit_compile,
         "batch_axis": check_batch_axis,
+        "max_step": check_positive_scalar,
+        "step_times": check_times,
+        "jump_times": check_times,
     }
 
     def _check_together(self):
         if both_zero(self.rtol, self.atol):
             raise ValueError("rtol and atol cannot both be zero: no step could pass the error "
                              "test. Received: rtol=0.0, atol=0.0")
+        given = [name for name in _ADAPTIVE_ONLY if getattr(self, name) is not None]
+        if given and not self.tableau.adaptive:
+            raise ValueError(
+                f"{given[0]} applies to adaptive methods; the fixed-step method {self.method!r} "
+                f"lands on the times of t (add the times there). Received: {given[0]}="
+                f"{getattr(self, given[0])!r} with method={self.method!r}")
 
     @property
     def tableau(self):
@@ -175,9 +189,14 @@ class AdjointOptions(_Options):
 
     def backward(self, forward):
         """The `SolverOptions` of the backward solve, given the forward ones."""
+        method = forward.method if self.adjoint_method is None else self.adjoint_method
+        if not registry.get_tableau(method).adaptive:
+            # A fixed-step backward solve lands on the anchors; the forward's
+            # step constraints do not apply to it.
+            forward = dataclasses.replace(forward, max_step=None, step_times=None, jump_times=None)
         return dataclasses.replace(
             forward,
-            method=forward.method if self.adjoint_method is None else self.adjoint_method,
+            method=method,
             rtol=forward.rtol if self.adjoint_rtol is None else self.adjoint_rtol,
             atol=forward.atol if self.adjoint_atol is None else self.adjoint_atol,
         )

@@ -39,6 +39,12 @@ SOLVER_TABLE = [
     ("max_num_steps", 0, ValueError), ("max_num_steps", -5, ValueError),
     ("jit_compile", None, TypeError), ("jit_compile", 1, TypeError),
     ("jit_compile", "yes", ValueError),
+    ("max_step", True, TypeError), ("max_step", "big", TypeError), ("max_step", 0.0, ValueError),
+    ("max_step", -1.0, ValueError),
+    ("step_times", 0.5, TypeError), ("step_times", "0.5", TypeError), ("step_times", True, TypeError),
+    ("step_times", [0.5, 0.2], ValueError), ("step_times", [0.2, 0.2], ValueError),
+    ("step_times", [[0.1, 0.2]], ValueError), ("step_times", [0.1, float("nan")], ValueError),
+    ("jump_times", {"a": 1.0}, TypeError), ("jump_times", [1.0, 0.0], ValueError),
 ]
 # The functions take batch_axis; ODELayer spells it per_sample_steps.
 BATCH_TABLE = [
@@ -83,6 +89,13 @@ def test_bad_option(entry, option, value, error):
     assert "Received" in message, message
     shown = repr(value) if not isinstance(value, np.ndarray) else "0.1"
     assert shown in message, message
+
+
+@pytest.mark.parametrize("option", ["max_step", "step_times", "jump_times"])
+def test_step_constraints_need_an_adaptive_method(option):
+    value = 0.1 if option == "max_step" else [0.5]
+    with pytest.raises(ValueError, match=rf"{option}.*adaptive.*rk4"):
+        keras_node.odeint(decay, Y0, T, method="rk4", **{option: value})
 
 
 def test_options_are_frozen_and_round_trip_through_config():

@@ -31,6 +31,7 @@ from keras_node.adjoint.stats import AdjointStats
 from keras_node.odeint import (check_callable, direction_and_tau, resolve_jit,
                                stats_dict, to_user_time, where_label)
 from keras_node.options import DEFAULT_CHECKPOINTS, AdjointOptions, SolverOptions, check_bool
+from keras_node.solvers import stops
 from keras_node.solvers.integrate import Controls
 
 __all__ = ["AdjointStats", "DEFAULT_CHECKPOINTS", "odeint_adjoint"]
@@ -50,7 +51,8 @@ def odeint_adjoint(
     first_step=None, step_size=None, max_num_steps=10_000, adjoint_method=None,
     adjoint_rtol=None, adjoint_atol=None, adjoint_seminorm=True,
     adjoint_checkpoints=DEFAULT_CHECKPOINTS, return_stats=False, backward_stats=None,
-    jit_compile="auto", name=None, batch_axis=None,
+    jit_compile="auto", name=None, batch_axis=None, max_step=None, step_times=None,
+    jump_times=None,
 ):
     """Like `keras_node.odeint`, with gradients from the adjoint method.
 
@@ -94,6 +96,9 @@ def odeint_adjoint(
             steps per sample; the backward solve steps jointly (the whole
             batch with one step size, as the augmented state couples the
             samples through the parameter gradient).
+        max_step, step_times, jump_times: as for `keras_node.odeint`; an
+            adaptive backward solve keeps to them too (except with grids of
+            times per sample).
 
     Eager calls compile the solve once per (`func`, options), with
     `tf.function`'s rule for the Python state `func` reads (see
@@ -121,7 +126,8 @@ def odeint_adjoint(
     """
     options = SolverOptions(method=method, rtol=rtol, atol=atol, first_step=first_step,
                             step_size=step_size, max_num_steps=max_num_steps,
-                            jit_compile=jit_compile, batch_axis=batch_axis)
+                            jit_compile=jit_compile, batch_axis=batch_axis, max_step=max_step,
+                            step_times=step_times, jump_times=jump_times)
     adjoint_options = AdjointOptions(
         adjoint_method=adjoint_method, adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol,
         adjoint_seminorm=adjoint_seminorm, adjoint_checkpoints=adjoint_checkpoints,
@@ -236,10 +242,14 @@ def _backward_core(func, inputs, settings, variables):
     problem, adjoint_problem, anchors, cotangents = inputs
     backward_options = settings.backward_options
     direction, _, _ = direction_and_tau(problem)
+    adaptive = backward_options.tableau.adaptive
     controls = Controls(
         tableau=backward_options.tableau, rtol=adjoint_problem.rtol, atol=adjoint_problem.atol,
         max_num_steps=backward_options.max_num_steps, first_step=problem.first_step,
-        step_size=problem.step_size,
+        step_size=problem.step_size, max_step=problem.max_step if adaptive else None,
+        # Backward time is -tau: the stops in it (the jumps' left side comes first).
+        stops=stops.in_solver_time(problem.step_times, problem.jump_times,
+                                   -direction) if adaptive else None,
     )
     # Grids of times per sample give anchors per sample.
     pass_type = PerSampleBackwardPass if anchors.tau.shape.rank == 2 else BackwardPass

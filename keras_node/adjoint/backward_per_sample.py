@@ -7,7 +7,9 @@ gradient sums over the samples: interval k -> j is solved in a shared
 variable s in [0, 1], with sample b at `sigma_b(s) = -tau[b, k] + s * L_b`,
 `L_b = tau[b, k] - tau[b, j]` (`augmented.rescaled_dynamics`). A sample
 whose interval is empty (L_b = 0) stands still. Step sizes carry over
-between intervals in solver time (s-steps times the longest L).
+between intervals in solver time (s-steps times the longest L). The
+forward's step constraints (`max_step`, step and jump times) are not
+applied here: they are in solver time, which differs per sample.
 """
 
 import tensorflow as tf
@@ -24,6 +26,8 @@ class PerSampleBackwardPass(BackwardPass):
     `positions` `[batch, n]`); same arguments."""
 
     def __init__(self, func, anchors, output_grads, variables, controls, seminorm, warm_start):
+        # Step constraints are in solver time, which differs per sample here.
+        controls = controls._replace(max_step=None, stops=None)
         super().__init__(func, anchors, output_grads, variables, controls, seminorm, warm_start)
         self.rescaled = augmented.rescaled_dynamics(func, self.n, self.variables, self.dtype)
 

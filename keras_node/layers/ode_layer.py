@@ -55,6 +55,8 @@ class ODELayer(keras.layers.Layer):
             sample no longer slows the others, and a call-time `t` may be
             2-D `(batch, n)`, each sample's own times. Time-dependent
             dynamics then get `t` shaped `(batch, 1, ..., 1)`.
+        max_step, step_times, jump_times: step constraints of adaptive
+            methods, see `keras_node.odeint`.
         **kwargs: standard Keras layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -102,7 +104,7 @@ class ODELayer(keras.layers.Layer):
         gradient="adjoint", return_sequences=False, first_step=None, step_size=None,
         max_num_steps=10_000, adjoint_method=None, adjoint_rtol=None, adjoint_atol=None,
         adjoint_seminorm=True, adjoint_checkpoints=DEFAULT_CHECKPOINTS, jit_compile="auto",
-        per_sample_steps=False, **kwargs,
+        per_sample_steps=False, max_step=None, step_times=None, jump_times=None, **kwargs,
     ):
         super().__init__(**kwargs)
         if not isinstance(dynamics, keras.layers.Layer):
@@ -116,7 +118,8 @@ class ODELayer(keras.layers.Layer):
         self.options = SolverOptions(method=method, rtol=rtol, atol=atol, first_step=first_step,
                                      step_size=step_size, max_num_steps=max_num_steps,
                                      jit_compile=jit_compile,
-                                     batch_axis=0 if check_bool(per_sample_steps, "per_sample_steps") else None)
+                                     batch_axis=0 if check_bool(per_sample_steps, "per_sample_steps") else None,
+                                     max_step=max_step, step_times=step_times, jump_times=jump_times)
         self.adjoint_options = AdjointOptions(
             adjoint_method=adjoint_method, adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol,
             adjoint_seminorm=adjoint_seminorm, adjoint_checkpoints=adjoint_checkpoints,

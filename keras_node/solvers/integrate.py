@@ -21,6 +21,7 @@ from keras_node import _status
 from keras_node.solvers import interpolation
 from keras_node.solvers import loop_bodies
 from keras_node.solvers import step_control
+from keras_node.solvers import stops
 
 
 class Controls(NamedTuple):
@@ -41,6 +42,8 @@ class Controls(NamedTuple):
         nothing past it is ever needed.
     shrink_after_accept: step-size rule after an accepted step (see
         `step_control.next_step_size`).
+    max_step, stops: adaptive methods only: the step constraints of
+        `stops.py` (`max_step`, and the step and jump times).
     """
 
     tableau: object
@@ -52,6 +55,8 @@ class Controls(NamedTuple):
     norm_leaves: Optional[tuple] = None
     clip_to_end: bool = False
     shrink_after_accept: bool = False
+    max_step: Optional[tf.Tensor] = None
+    stops: Optional[object] = None  # a `stops.Stops`, solver time
 
 
 class Solution(NamedTuple):
@@ -96,6 +101,8 @@ class _LoopState(NamedTuple):
     # Fixed-step methods with `record_steps`: (index of the next record,
     # recorded times, recorded states per leaf), K each (else ()).
     records: tuple = ()
+    # With step or jump times: the index of the next one (else ()).
+    stop_index: tuple = ()
 
 
 def _static_or_dynamic_length(t_out):
@@ -200,10 +207,11 @@ def _initial_state(func, y0, t_out, num_out, controls, f0, initial_status, recor
         size = record_steps.shape[0]
         records = (tf.constant(0, tf.int32), tf.fill([size], tf.constant(float("nan"), dtype))) + tuple(
             tf.zeros(tf.concat([[size], tf.shape(y)], 0), dtype) for y in y0)
-    return _LoopState(
+    state = _LoopState(
         t=t0, y=y0, f=f0, dt=dt0, error_ratio=tf.zeros([], dtype),
         out_index=tf.constant(1, tf.int32),
         ys=tuple(tf.TensorArray(dtype, size=num_out, element_shape=y.shape).write(0, y) for y in y0),
         nfe=nfe, num_steps=tf.constant(0, tf.int32), num_rejected=tf.constant(0, tf.int32),
         status=status, records=records,
     )
+    return state._replace(stop_index=stops.first_index(controls.stops, t0))

@@ -17,6 +17,7 @@ from keras_node import _nest
 from keras_node import _status
 from keras_node.solvers import interpolation
 from keras_node.solvers import step_control
+from keras_node.solvers import stops
 from keras_node.solvers.rk_step import rk_step
 
 # XLA's CPU runtime runs a loop body sequentially when every buffer it
@@ -140,11 +141,15 @@ def attempt_step(s, func, t_end, controls, dense):
     attempted step's dense output (`polynomial` empty unless `dense`).
     """
     tableau = controls.tableau
-    dt = s.dt
+    dt, lands = s.dt, False
+    if controls.max_step is not None or controls.stops is not None:
+        dt, lands, _ = stops.limit(dt, s.t, s.stop_index, controls.max_step, controls.stops)
     if controls.clip_to_end:
         remaining = t_end - s.t
         clipped = remaining < dt
         dt = tf.where(clipped, remaining, dt)
+        if controls.stops is not None:
+            lands = lands & ~clipped
     y1, f1, y_error, k = rk_step(func, s.t, s.y, s.f, dt, tableau)
     ratio = step_control.error_ratio(y_error, s.y, y1, controls.rtol, controls.atol,
                                      controls.norm_leaves)
@@ -157,6 +162,12 @@ def attempt_step(s, func, t_end, controls, dense):
         # A step shortened to land on the end says little about the step the
         # dynamics allow: keep the longer proposal for whoever continues.
         dt_new = tf.where(clipped & accept, tf.maximum(dt_new, s.dt), dt_new)
+    stop_index, extra_nfe = s.stop_index, 0
+    if controls.stops is not None:
+        # Landing on a stop is a shortened step too.
+        t_new, f1, stop_index, extra_nfe = stops.after_accept(func, t_new, y1, f1, accept & lands,
+                                                              s.stop_index, controls.stops)
+        dt_new = tf.where(accept & lands, tf.maximum(dt_new, s.dt), dt_new)
 
     status = s.status
     if not tableau.fsal:
@@ -168,7 +179,8 @@ def attempt_step(s, func, t_end, controls, dense):
     accepted = tf.cast(accept, tf.int32)
     new = s._replace(
         t=t_new, y=_nest.where(accept, y1, s.y), f=_nest.where(accept, f1, s.f), dt=dt_new,
-        error_ratio=ratio, nfe=s.nfe + tableau.new_evaluations_per_step,
+        error_ratio=ratio, nfe=s.nfe + tableau.new_evaluations_per_step + extra_nfe,
+        stop_index=stop_index,
         num_steps=s.num_steps + accepted, num_rejected=s.num_rejected + 1 - accepted,
         status=status,
     )

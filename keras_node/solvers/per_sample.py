@@ -24,6 +24,7 @@ from keras_node import _nest
 from keras_node import _status
 from keras_node.solvers import interpolation
 from keras_node.solvers import step_control
+from keras_node.solvers import stops
 from keras_node.solvers.integrate import Solution
 from keras_node.solvers.loop_bodies import fixed_step_size
 from keras_node.solvers.rk_step import rk_step
@@ -40,6 +41,7 @@ class _State(NamedTuple):
     num_steps: tf.Tensor  # (batch,)
     num_rejected: tf.Tensor  # (batch,)
     status: tf.Tensor  # (batch,)
+    stop_index: tuple = ()  # (batch,) next step/jump time, with stops (else ())
 
 
 @tf.autograph.experimental.do_not_convert
@@ -119,20 +121,30 @@ def _initial_state(func, y0, t_out, num_out, controls, initial_status):
     ys = tuple(tf.ensure_shape(buffer, [t_out.shape[1]] + y.shape.as_list()) for buffer, y in zip(ys, y0))
     zeros = tf.zeros([batch], tf.int32)
     return _State(t=t0, y=y0, f=f0, dt=dt0, out_index=zeros + 1, ys=ys, nfe=nfe,
-                  num_steps=zeros, num_rejected=zeros, status=status)
+                  num_steps=zeros, num_rejected=zeros, status=status,
+                  stop_index=stops.first_index(controls.stops, t0))
 
 
 def _adaptive_step(s, active, func, t_out, num_out, controls):
     """Every active sample attempts a step of its own size; the accepted
     ones move on and write the outputs their step passed."""
     tableau = controls.tableau
-    dt = tf.where(active, s.dt, tf.zeros_like(s.dt))  # finished samples stand still
+    dt, lands = s.dt, False
+    if controls.max_step is not None or controls.stops is not None:
+        dt, lands, _ = stops.limit(dt, s.t, s.stop_index, controls.max_step, controls.stops)
+    dt = tf.where(active, dt, tf.zeros_like(dt))  # finished samples stand still
     y1, f1, y_error, k = rk_step(func, s.t, s.y, s.f, dt, tableau)
     ratio = step_control.error_ratio(y_error, s.y, y1, controls.rtol, controls.atol,
                                      controls.norm_leaves, batched=True)
     accept = active & (ratio <= 1.0)  # False for NaN: a non-finite step is a rejected step
     t_new = tf.where(accept, s.t + dt, s.t)
     dt_new = tf.where(active, step_control.next_step_size(dt, ratio, accept, tableau.order), s.dt)
+    f_next, stop_index, extra_nfe = f1, s.stop_index, 0
+    if controls.stops is not None:
+        # Landing on a stop is a shortened step: keep the longer proposal.
+        t_new, f_next, stop_index, extra_nfe = stops.after_accept(
+            func, t_new, y1, f1, accept & lands, s.stop_index, controls.stops)
+        dt_new = tf.where(accept & lands, tf.maximum(dt_new, s.dt), dt_new)
     status = s.status
     if not tableau.fsal:
         # f1 is not part of the error estimate here, so check it directly.
@@ -150,8 +162,9 @@ def _adaptive_step(s, active, func, t_out, num_out, controls):
     out_index, ys = _write_outputs(s.ys, s.out_index, t_out, num_out, t_new, value_at, accept)
     accepted, attempted = tf.cast(accept, tf.int32), tf.cast(active, tf.int32)
     return s._replace(
-        t=t_new, y=_nest.where(accept, y1, s.y), f=_nest.where(accept, f1, s.f), dt=dt_new,
-        out_index=out_index, ys=ys, nfe=s.nfe + tableau.new_evaluations_per_step,
+        t=t_new, y=_nest.where(accept, y1, s.y), f=_nest.where(accept, f_next, s.f), dt=dt_new,
+        out_index=out_index, ys=ys, nfe=s.nfe + tableau.new_evaluations_per_step + extra_nfe,
+        stop_index=stop_index,
         num_steps=s.num_steps + accepted, num_rejected=s.num_rejected + attempted - accepted,
         status=status,
     )
