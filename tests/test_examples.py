@@ -81,3 +81,13 @@ def test_export(tmp_path):
     assert len(differences) == 5, stdout
     assert all(float(d) <= 1e-6 for d in differences), stdout
     assert re.search(r"loss before \d+\.\d+, after \d+\.\d+", stdout)
+
+
+def test_bouncing_ball(tmp_path):
+    """The bouncing ball hits the ground at sqrt(2), fits its restitution and writes its figure."""
+    output = tmp_path / "ball.png"
+    stdout = run_example("bouncing_ball.py", "--smoke", "--output", str(output), cwd=tmp_path)
+    assert output.stat().st_size > 0
+    assert "first impact 1.41421356 (exact sqrt(2) = 1.41421356)" in stdout
+    losses = [float(x) for x in re.findall(r"loss (\S+),", stdout)]
+    assert len(losses) >= 2 and losses[-1] < losses[0]

@@ -68,13 +68,13 @@ def integrate_per_sample(func, y0, t_out, controls, *, initial_status=None):
     if controls.norm_leaves is None:
         controls = controls._replace(norm_leaves=tuple(range(len(y0))))
     num_out = t_out.shape[1] if t_out.shape[1] is not None else tf.shape(t_out)[1]
-    state = _initial_state(func, y0, t_out, num_out, controls, initial_status)
+    state = initial_state(func, y0, t_out, num_out, controls, initial_status)
 
     def keep_going(s):
-        return tf.reduce_any(_active(s, num_out, controls.max_num_steps))
+        return tf.reduce_any(active_samples(s, num_out, controls.max_num_steps))
 
     def body(s):
-        active = _active(s, num_out, controls.max_num_steps)
+        active = active_samples(s, num_out, controls.max_num_steps)
         if controls.tableau.adaptive:
             return (_adaptive_step(s, active, func, t_out, num_out, controls),)
         return (_fixed_step(s, active, func, t_out, num_out, controls),)
@@ -88,13 +88,15 @@ def integrate_per_sample(func, y0, t_out, controls, *, initial_status=None):
     )
 
 
-def _active(s, num_out, max_num_steps):
+def active_samples(s, num_out, max_num_steps):
     """(batch,) bool: samples still being solved."""
     return ((s.out_index < num_out) & tf.equal(s.status, _status.SUCCESS)
             & (s.num_steps + s.num_rejected < max_num_steps))
 
 
-def _initial_state(func, y0, t_out, num_out, controls, initial_status):
+def initial_state(func, y0, t_out, num_out, controls, initial_status):
+    """The loop state before the first step: f0, status, first step size per
+    sample, output tensors with `y0` written."""
     tableau, dtype = controls.tableau, y0[0].dtype
     batch = tf.shape(t_out)[0]
     t0 = t_out[:, 0]
@@ -128,6 +130,19 @@ def _initial_state(func, y0, t_out, num_out, controls, initial_status):
 def _adaptive_step(s, active, func, t_out, num_out, controls):
     """Every active sample attempts a step of its own size; the accepted
     ones move on and write the outputs their step passed."""
+    new, accept, value_at = attempt(s, active, func, controls, t_out[:, -1])
+    out_index, ys = _write_outputs(s.ys, s.out_index, t_out, num_out, new.t, value_at, accept)
+    return new._replace(out_index=out_index, ys=ys)
+
+
+def attempt(s, active, func, controls, t_end):
+    """Every active sample attempts a step of its own size from `s`.
+
+    Returns `(new, accept, value_at)`: the state after the attempt (outputs
+    untouched), the (batch,) accepted mask, and `value_at(times)`, the
+    attempted step's dense output at per-sample times inside it.
+    A step size that underflows before `t_end` ((batch,)) fails the sample.
+    """
     tableau = controls.tableau
     dt, lands = s.dt, False
     if controls.max_step is not None or controls.stops is not None:
@@ -150,7 +165,6 @@ def _adaptive_step(s, active, func, t_out, num_out, controls):
         # f1 is not part of the error estimate here, so check it directly.
         finite = _nest.all_finite(f1, batched=True)
         status = tf.where(accept & ~finite, _status.NON_FINITE, status)
-    t_end = t_out[:, -1]
     underflow = active & (t_new + dt_new <= t_new) & (t_new < t_end)
     cause = tf.where(tf.math.is_finite(ratio), _status.STEP_UNDERFLOW, _status.NON_FINITE)
     status = tf.where(underflow & tf.equal(status, _status.SUCCESS), cause, status)
@@ -159,15 +173,15 @@ def _adaptive_step(s, active, func, t_out, num_out, controls):
     def value_at(times):
         return interpolation.evaluate(polynomial, tf.math.divide_no_nan(times - s.t, dt))
 
-    out_index, ys = _write_outputs(s.ys, s.out_index, t_out, num_out, t_new, value_at, accept)
     accepted, attempted = tf.cast(accept, tf.int32), tf.cast(active, tf.int32)
-    return s._replace(
+    new = s._replace(
         t=t_new, y=_nest.where(accept, y1, s.y), f=_nest.where(accept, f_next, s.f), dt=dt_new,
-        out_index=out_index, ys=ys, nfe=s.nfe + tableau.new_evaluations_per_step + extra_nfe,
+        nfe=s.nfe + tableau.new_evaluations_per_step + extra_nfe,
         stop_index=stop_index,
         num_steps=s.num_steps + accepted, num_rejected=s.num_rejected + attempted - accepted,
         status=status,
     )
+    return new, accept, value_at
 
 
 def _fixed_step(s, active, func, t_out, num_out, controls):
