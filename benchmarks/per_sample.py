@@ -44,10 +44,10 @@ def mlp_rows(repeats):
     rows = []
     for name in ("mlp", "mlp_contractive"):
         problem = get_problem(name)
-        params = {k: tf.Variable(v) for k, v in problem.params_as(np.float32).items()}
+        params = {k: tf.Variable(v) for k, v in problem.params_as("float32").items()}
         field = peers.tf_field(problem, params)
-        y0 = tf.constant(problem.y0_as(np.float32))
-        times = tf.constant(problem.times(problem.default_T, np.float32))
+        y0 = tf.constant(problem.y0_as("float32"))
+        times = tf.constant(problem.times(problem.default_T, "float32"))
         result = []
         for batch_axis in (None, 0):
             @tf.function(autograph=False)
