@@ -14,7 +14,10 @@ from conftest import in_regime
 
 scipy_integrate = pytest.importorskip("scipy.integrate")
 
-TIGHT = dict(rtol=1e-8, atol=1e-8)
+# Plain graphs for most tests (XLA compiles take seconds per new function);
+# the bouncing ball runs the default (XLA where it can), and the regime
+# tests compare eager, tf.function and XLA.
+TIGHT = dict(rtol=1e-8, atol=1e-8, jit_compile=False)
 
 
 def _f64(x):
@@ -38,10 +41,10 @@ def test_bouncing_ball_impact_times_and_gradients(gradient):
     with tf.GradientTape() as tape:
         y0 = tf.stack([h0, _f64(0.0)])
         t1, y1 = keras_node.odeint_event(fall, y0, _f64(0.0), ground, direction=-1,
-                                         gradient=gradient, variables=[g], **TIGHT)
+                                         gradient=gradient, variables=[g], rtol=1e-8, atol=1e-8)
         bounced = tf.stack([y1[0], -(1.0 - a) * y1[1]])
         t2, _ = keras_node.odeint_event(fall, bounced, t1, ground, direction=-1,
-                                        gradient=gradient, variables=[g], **TIGHT)
+                                        gradient=gradient, variables=[g], rtol=1e-8, atol=1e-8)
     assert abs(float(t1) - np.sqrt(2.0)) < 1e-7
     exact_t2 = np.sqrt(2.0) * (1.0 + 2.0 * 0.8)
     assert abs(float(t2) - exact_t2) < 1e-6
@@ -73,7 +76,8 @@ def test_event_time_and_state_match_scipy(method):
     y0 = [1.5, 0.0]
     t_ref, y_ref = _scipy_event(y0, lambda t, y: y[0] - 0.3, direction=-1.0)
     t_event, y_event = keras_node.odeint_event(_pendulum, _f64(y0), 0.0, lambda t, y: y[0] - 0.3,
-                                               direction=-1, method=method, rtol=1e-10, atol=1e-10)
+                                               direction=-1, method=method, rtol=1e-10, atol=1e-10,
+                                               jit_compile=False)
     assert abs(float(t_event) - t_ref) < 1e-6
     np.testing.assert_allclose(y_event.numpy(), y_ref, atol=1e-6)
 
@@ -143,7 +147,7 @@ def _event_of(y0, theta, gradient, t_max=None):
 
     return keras_node.odeint_event(func, y0, _f64(0.0), lambda t, y: y[0] - 0.25 * y[1] - 0.2,
                                    direction=-1, gradient=gradient, variables=[theta], t_max=t_max,
-                                   rtol=1e-10, atol=1e-10)
+                                   rtol=1e-10, atol=1e-10, jit_compile=False)
 
 
 @pytest.mark.parametrize("gradient", ["adjoint", "backprop"])

@@ -167,11 +167,11 @@ def test_a_new_function_per_call_keeps_memory_bounded(solver):
     def live():
         return registered_functions(), len(gc.get_objects())
 
-    # A leak would grow both counts with every call: 8 calls tell it apart.
-    for i in range(3):
+    # A leak would grow both counts with every call: 5 calls tell it apart.
+    for i in range(2):
         solve(i)
     functions_warm, objects_warm = live()
-    for i in range(3, 11):
+    for i in range(2, 7):
         solve(i)
     functions_done, objects_done = live()
     assert functions_done - functions_warm <= 4, f"registered functions {functions_warm} -> {functions_done}"

@@ -166,7 +166,7 @@ def _assert_within(actual, expected, tol, what):
 # ---------------------------------------------------------------------------- 1. linear systems
 
 
-@_settings(max_examples=20)
+@_settings(max_examples=12)
 @given(problem=linear_problems(), rtol=log_tolerance, atol=log_tolerance)
 def test_stable_linear_systems_match_expm(problem, rtol, atol):
     a, y0, t = problem
@@ -179,7 +179,7 @@ def test_stable_linear_systems_match_expm(problem, rtol, atol):
 # ---------------------------------------------------------------------------- 2. nested structures
 
 
-@_settings(max_examples=20)
+@_settings(max_examples=10)
 @given(problem=nested_decay_problems(), dtype=st.sampled_from([tf.float32, tf.float64]))
 def test_nested_states_keep_structure_and_match_per_leaf_decay(problem, dtype):
     y0_np, rates = problem
@@ -206,7 +206,7 @@ def test_nested_states_keep_structure_and_match_per_leaf_decay(problem, dtype):
 # ---------------------------------------------------------------------------- 3. time grids
 
 
-@_settings(max_examples=25)
+@_settings(max_examples=15)
 @given(t=time_grids(), problem=st.sampled_from([problems.LINEAR, problems.TIME_DEPENDENT]),
        rtol=log_tolerance)
 def test_random_monotonic_time_grids(t, problem, rtol):
@@ -231,7 +231,7 @@ def _gradient(solver, field, y0, t, weights, rtol, atol):
     return tape.gradient(loss, y0).numpy()
 
 
-@_settings(max_examples=10)
+@_settings(max_examples=6)
 @given(problem=linear_problems(), rtol=log_tolerance, atol=log_tolerance, data=st.data())
 def test_adjoint_gradient_matches_exact(problem, rtol, atol, data):
     """Any y0 (zero included): the backward solve controls the error of the
@@ -253,7 +253,7 @@ class LinearRows(LinearField):
         return tf.matmul(y, self.a, transpose_b=True)
 
 
-@_settings(max_examples=8)
+@_settings(max_examples=5)
 @given(problem=linear_problems(), rtol=log_tolerance, atol=log_tolerance, data=st.data())
 def test_adjoint_gradient_matches_backprop_and_exact(problem, rtol, atol, data):
     """Backprop differentiates the solver's own steps, chosen (with the
