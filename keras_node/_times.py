@@ -27,7 +27,7 @@ def times(t, dtype, name="t", per_sample=False, hint=_PER_SAMPLE_HINT):
     run time. `hint` says how to get a per-sample grid, for a 2-D `t` given
     without `per_sample`.
     """
-    tensor = _convert(t, name)
+    tensor = convert_times(t, name)
     rank = tensor.shape.rank
     if rank is not None and rank != 1 and not (per_sample and rank == 2):
         expected = "1-D (a vector of times) or 2-D (batch, n)" if per_sample else "1-D (a vector of times)"
@@ -44,7 +44,8 @@ def times(t, dtype, name="t", per_sample=False, hint=_PER_SAMPLE_HINT):
     return tensor, _static_direction(np.asarray(values, dtype=np.float64), name)
 
 
-def _convert(t, name):
+def convert_times(t, name):
+    """`t` (times of any shape) as a tensor; lists convert exactly (float64)."""
     try:
         if not isinstance(t, (tf.Tensor, tf.Variable)) and not hasattr(t, "dtype"):
             t = np.asarray(t, dtype=np.float64)  # convert lists exactly, not via float32

@@ -22,6 +22,7 @@ from keras_node import _execution
 from keras_node import _inputs
 from keras_node import _nest
 from keras_node import _status
+from keras_node._times import convert_times
 from keras_node._validate import check_bool, check_choice, short_repr
 from keras_node.adjoint import solve_adjoint
 from keras_node.odeint import (check_callable, direction_and_tau, resolve_jit, solve,
@@ -148,8 +149,7 @@ def _settings(func, event_fn, t_max, direction, gradient, options, name):
 def _span_ends(t0, t_max, per_sample):
     """`t0` and `t_max` as tensors: scalars, or per sample (batch,) ones."""
     def convert(value, name):
-        tensor = tf.convert_to_tensor(value) if not isinstance(value, (int, float)) else \
-            tf.constant(float(value), tf.float64)
+        tensor = convert_times(value, name)
         allowed = (0, 1) if per_sample else (0,)
         if tensor.shape.rank not in allowed:
             expected = "a scalar or a vector (batch,)" if per_sample else "a scalar"
