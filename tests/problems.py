@@ -179,6 +179,10 @@ ORDERS = {
 }
 ADAPTIVE_METHODS = ("dopri5", "tsit5", "bosh3", "heun_euler", "dopri8")
 FIXED_METHODS = ("euler", "midpoint", "rk4")
+# Left out of the generic parametrizations (one Jacobian and six linear
+# solves per step make each case slow for what it would add): rodas4 has its
+# own tests in test_rodas.py, the exact problems included.
+STIFF_METHODS = ("rodas4",)
 
 # Fixed step sizes (powers of two, exact in binary): error scale h**order is
 # 3.9e-3 (euler), 6.1e-5 (midpoint), 9.5e-7 (rk4); a few hundred steps at most.

@@ -17,6 +17,7 @@ from problems import (
     ALL_PROBLEMS,
     EXP_DECAY,
     FIXED_METHODS,
+    STIFF_METHODS,
     LINEAR,
     LINEAR_A,
     NESTED,
@@ -55,7 +56,7 @@ def _check_output_layout(ys, y0, num_times, dtype):
 
 
 def test_methods_lists_every_method():
-    assert set(keras_node.METHODS) == set(ALL_METHODS)
+    assert set(keras_node.METHODS) == set(ALL_METHODS + STIFF_METHODS)
 
 
 # --- every method x dtype x direction, on all exact problems at once -----------------

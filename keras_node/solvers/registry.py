@@ -1,6 +1,12 @@
-"""Method names -> tableaus: the one place a method name is resolved."""
+"""Method names -> tableaus: the one place a method name is resolved.
+
+A tableau is a `ButcherTableau` (explicit Runge-Kutta) or a
+`RosenbrockTableau` (linearly implicit, for stiff problems); `rk_step`
+dispatches on the kind.
+"""
 
 from keras_node.solvers.dopri8 import DOPRI8
+from keras_node.solvers.rosenbrock_tableau import RODAS4, RosenbrockTableau
 from keras_node.solvers.methods import (
     BOSH3,
     DOPRI5,
@@ -13,7 +19,7 @@ from keras_node.solvers.methods import (
 
 _TABLEAUS = {
     tableau.name: tableau
-    for tableau in (DOPRI5, TSIT5, BOSH3, HEUN_EULER, DOPRI8, EULER, MIDPOINT, RK4)
+    for tableau in (DOPRI5, TSIT5, BOSH3, HEUN_EULER, DOPRI8, RODAS4, EULER, MIDPOINT, RK4)
 }
 
 METHODS = tuple(_TABLEAUS)
@@ -21,6 +27,7 @@ METHODS = tuple(_TABLEAUS)
 
 ADAPTIVE_METHODS = tuple(name for name, tab in _TABLEAUS.items() if tab.adaptive)
 FIXED_STEP_METHODS = tuple(name for name, tab in _TABLEAUS.items() if not tab.adaptive)
+STIFF_METHODS = tuple(name for name, tab in _TABLEAUS.items() if isinstance(tab, RosenbrockTableau))
 
 
 def unknown_method_message(method, argument_name="method"):
@@ -29,12 +36,13 @@ def unknown_method_message(method, argument_name="method"):
         f"Unknown ODE solver {argument_name}. Expected one of "
         f"{', '.join(repr(m) for m in METHODS)} "
         f"(adaptive: {', '.join(ADAPTIVE_METHODS)}; fixed-step: "
-        f"{', '.join(FIXED_STEP_METHODS)}). Received: {argument_name}={method!r}"
+        f"{', '.join(FIXED_STEP_METHODS)}; for stiff problems: {', '.join(STIFF_METHODS)}). "
+        f"Received: {argument_name}={method!r}"
     )
 
 
 def get_tableau(method, argument_name="method"):
-    """Return the `ButcherTableau` named `method`, or raise a ValueError
+    """Return the tableau (`ButcherTableau` or `RosenbrockTableau`) named `method`, or raise a ValueError
     (TypeError for a non-string) listing the valid names."""
     if not isinstance(method, str):
         raise TypeError(unknown_method_message(method, argument_name))

@@ -1,6 +1,14 @@
-"""One explicit Runge-Kutta step for any `ButcherTableau`."""
+"""One step of any method: the explicit Runge-Kutta step for a
+`ButcherTableau`, handed over to `rosenbrock.py` for a `RosenbrockTableau`.
+
+This is the one place a step dispatches on the kind of method, so every
+loop (joint, per sample, events, the adjoint's backward solve) runs every
+method without knowing which kind it is.
+"""
 
 from keras_node import _nest
+from keras_node.solvers.rosenbrock import rosenbrock_step
+from keras_node.solvers.rosenbrock_tableau import RosenbrockTableau
 
 
 def rk_step(func, t0, y0, f0, dt, tableau):
@@ -12,7 +20,7 @@ def rk_step(func, t0, y0, f0, dt, tableau):
         y0: tuple of state leaves at `t0`.
         f0: `func(t0, y0)`, already evaluated (FSAL or the previous step).
         dt: scalar step size (positive; time runs forward inside the solver).
-        tableau: the `ButcherTableau` to apply.
+        tableau: the `ButcherTableau` (or `RosenbrockTableau`) to apply.
 
     Returns:
         `(y1, f1, y_error, k)`: the propagated state at `t0 + dt`, its
@@ -21,6 +29,8 @@ def rk_step(func, t0, y0, f0, dt, tableau):
         leaves), which dense output needs. The step costs
         `tableau.new_evaluations_per_step` evaluations of `func`.
     """
+    if isinstance(tableau, RosenbrockTableau):
+        return rosenbrock_step(func, t0, y0, f0, dt, tableau)
     k = [tuple(f0)]
     y_stage = tuple(y0)
     for i in range(1, tableau.num_stages):

@@ -1,0 +1,186 @@
+"""rodas4: the Rosenbrock tableau, the step, and the issue-18 acceptance
+criteria on stiff problems (Robertson, Van der Pol mu = 1000), in float64.
+
+References are independent of keras_node: the literature value of
+Robertson's y(40), scipy's Radau at tight tolerances, central finite
+differences, exact solutions (`problems.py`). Sizes are tiny so the file
+stays within the CI budget.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.integrate import solve_ivp
+
+import keras_node
+from keras_node.solvers import registry
+from keras_node.solvers.rosenbrock import rosenbrock_step
+from keras_node.solvers.rosenbrock_tableau import RODAS4, RosenbrockTableau
+from problems import ALL_PROBLEMS, assert_close, error_tolerance
+
+F64 = tf.float64
+
+
+# --- the tableau -------------------------------------------------------------------
+
+
+def _rosenbrock_conditions(weights, alpha, gamma_matrix, gamma):
+    """Residuals of the Rosenbrock order conditions up to order 4 (Hairer &
+    Wanner II, Table IV.7.1), for the classical weights `weights`."""
+    s = len(weights)
+    beta = [[alpha[i][j] + (gamma_matrix[i][j] if j < i else 0.0) for j in range(s)]
+            for i in range(s)]  # beta_ij = alpha_ij + gamma_ij, strictly lower part
+    a_i = [math.fsum(row) for row in alpha]
+    b_i = [math.fsum(row) for row in beta]
+    dot = lambda u, v: math.fsum(x * y for x, y in zip(u, v))  # noqa: E731
+    matvec = lambda m, v: [dot(row, v) for row in m]  # noqa: E731
+    g = gamma
+    return {
+        1: [math.fsum(weights) - 1],
+        2: [dot(weights, b_i) - (0.5 - g)],
+        3: [dot(weights, [x * x for x in a_i]) - 1 / 3,
+            dot(weights, matvec(beta, b_i)) - (1 / 6 - g + g * g)],
+        4: [dot(weights, [x ** 3 for x in a_i]) - 1 / 4,
+            dot(weights, [x * y for x, y in zip(a_i, matvec(alpha, b_i))]) - (1 / 8 - g / 3),
+            dot(weights, matvec(beta, [x * x for x in a_i])) - (1 / 12 - g / 3),
+            dot(weights, matvec(beta, matvec(beta, b_i))) - (1 / 24 - g / 2 + 1.5 * g * g - g ** 3)],
+    }
+
+
+def test_rodas4_satisfies_the_order_conditions_of_a_4_3_pair():
+    alpha, gamma_matrix, b = RODAS4.classical()
+    residuals = _rosenbrock_conditions(b, alpha, gamma_matrix, RODAS4.gamma)
+    for order in (1, 2, 3, 4):
+        assert max(abs(r) for r in residuals[order]) < 1e-12, (order, residuals[order])
+    b_hat = RosenbrockTableau._times_gamma(
+        [x - e for x, e in zip(RODAS4.b, RODAS4.b_error)], gamma_matrix)
+    residuals = _rosenbrock_conditions(b_hat, alpha, gamma_matrix, RODAS4.gamma)
+    for order in (1, 2, 3):
+        assert max(abs(r) for r in residuals[order]) < 1e-12, (order, residuals[order])
+    # The embedded solution is of order 3, not 4: the error estimate is O(h^4).
+    assert max(abs(r) for r in residuals[4]) > 1e-3
+
+
+def test_rodas4_derived_fields_and_registry():
+    assert (RODAS4.num_stages, RODAS4.adaptive, RODAS4.fsal, RODAS4.c_mid) == (6, True, False, None)
+    assert RODAS4.new_evaluations_per_step == 7
+    assert registry.get_tableau("rodas4") is RODAS4
+    assert "rodas4" in keras_node.METHODS and registry.STIFF_METHODS == ("rodas4",)
+
+
+def test_inconsistent_rosenbrock_tableau_is_rejected():
+    with pytest.raises(AssertionError, match="c\\[1\\]"):
+        RosenbrockTableau(name="bad", order=1, gamma=0.5, c=(0.0, 0.3), d=(0.5, 0.0),
+                          a=((), (0.5,)), coupling=((), (0.0,)), b=(0.0, 2.0))
+
+
+def _fixed_step_error(problem, num_steps, t_end=1.0):
+    """Global error at t_end of `num_steps` equal rodas4 steps (Python loop:
+    a test, not the solver)."""
+    func = lambda t, y: (problem.func(t, y[0]),)  # noqa: E731
+    step = tf.function(lambda t, y, f, dt: rosenbrock_step(func, t, y, f, dt, RODAS4)[:2])
+    y = (tf.constant(problem.y0, F64),)
+    t, dt = tf.constant(0.0, F64), tf.constant(t_end / num_steps, F64)
+    f = func(t, y)
+    for _ in range(num_steps):
+        y, f = step(t, y, f, dt)
+        t = t + dt
+    return float(np.max(np.abs(y[0].numpy() - problem.exact([t_end])[0])))
+
+
+# Not cos_t: on a pure quadrature rodas4 is of order 5 (its weights integrate
+# quintics exactly), which would not test the Jacobian terms.
+@pytest.mark.parametrize("problem", [p for p in ALL_PROBLEMS if p.name in ("riccati", "linear")],
+                         ids=str)
+def test_empirical_convergence_order_is_four(problem):
+    errors = [_fixed_step_error(problem, n) for n in (8, 16, 32)]
+    slopes = [math.log2(e0 / e1) for e0, e1 in zip(errors, errors[1:])]
+    assert all(abs(s - 4.0) < 0.5 for s in slopes), (errors, slopes)
+
+
+# --- the solver on the exact problems -----------------------------------------------
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_exact_problems(direction):
+    """Every reference problem (nested state, time-dependent, zero field) in
+    one solve each, forward and backward in time."""
+    t = [0.0, 0.7, 1.5] if direction == "forward" else [1.5, 0.4, -0.5]
+    rtol, atol = 1e-8, 1e-10
+    tol = error_tolerance(F64, rtol=rtol, atol=atol, order=4, span=2.0)
+    for problem in ALL_PROBLEMS:
+        y0 = problem.initial_value(t[0], F64)
+        ys = keras_node.odeint(problem.func, y0, t, method="rodas4", rtol=rtol, atol=atol,
+                               jit_compile=False)
+        assert_close(ys, problem.exact(t), tol, err_msg=problem.name)
+
+
+# --- stiff problems: the acceptance criteria ----------------------------------------
+# Tests run without XLA (jit_compile=False) except where XLA is the subject:
+# compiling a rodas4 solve takes ~3 s per function, running it milliseconds.
+
+ROBERTSON_K = (0.04, 3e7, 1e4)
+ROBERTSON_Y40 = np.array([0.7158270687, 9.185534764e-6, 0.2841637457])
+ROBERTSON_OPTIONS = dict(method="rodas4", rtol=1e-6, atol=1e-10, jit_compile=False)
+
+
+def robertson(k1, k2=3e7, k3=1e4):
+    """Robertson's reactions as `func(t, y)`; `k1` may be a tensor."""
+
+    def func(t, y):
+        y1, y2, y3 = y[0], y[1], y[2]
+        r1, r2, r3 = k1 * y1, k2 * y2 * y2, k3 * y2 * y3
+        return tf.stack([-r1 + r3, r1 - r2 - r3, r2])
+
+    return func
+
+
+def vdp(mu):
+    def func(t, y):
+        return tf.stack([y[1], mu * (1.0 - y[0] ** 2) * y[1] - y[0]])
+
+    return func
+
+
+Y0_ROBERTSON = tf.constant([1.0, 0.0, 0.0], F64)
+
+
+def test_robertson_to_40_matches_the_literature_in_at_most_300_steps():
+    ys, stats = keras_node.odeint(robertson(0.04), Y0_ROBERTSON, [0.0, 40.0], return_stats=True,
+                                  **ROBERTSON_OPTIONS)
+    relative = np.abs(ys[-1].numpy() / ROBERTSON_Y40 - 1.0)
+    assert relative.max() < 1e-4, relative
+    assert int(stats["status"]) == 0 and int(stats["num_steps"]) <= 300, stats
+
+
+def test_robertson_to_1e5_finishes_and_conserves_mass():
+    ys, stats = keras_node.odeint(robertson(0.04), Y0_ROBERTSON, [0.0, 1.0, 1e3, 1e5],
+                                  return_stats=True, **ROBERTSON_OPTIONS)
+    assert int(stats["status"]) == 0
+    np.testing.assert_allclose(np.sum(ys.numpy(), axis=1), 1.0, rtol=0.0, atol=1e-6)
+    assert np.all(ys.numpy() > -1e-10)
+
+
+def _vdp_reference(t):
+    mu = 1000.0
+    sol = solve_ivp(lambda _, y: [y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]], (t[0], t[-1]),
+                    [2.0, 0.0], method="Radau", rtol=1e-10, atol=1e-10, t_eval=t,
+                    jac=lambda _, y: [[0.0, 1.0], [-2 * mu * y[0] * y[1] - 1, mu * (1 - y[0] ** 2)]])
+    return sol.y.T
+
+
+def test_van_der_pol_mu_1000_against_radau():
+    t = np.linspace(0.0, 3000.0, 7)
+    ys, stats = keras_node.odeint(vdp(1000.0), tf.constant([2.0, 0.0], F64), t, method="rodas4",
+                                  rtol=1e-6, atol=1e-6, return_stats=True, jit_compile=False)
+    assert int(stats["status"]) == 0 and int(stats["num_steps"]) <= 2800, stats
+    np.testing.assert_allclose(ys.numpy(), _vdp_reference(t), rtol=0.0, atol=1e-3)
+
+
+def test_dopri5_fails_cleanly_at_max_num_steps_on_van_der_pol():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_num_steps=2000"):
+        keras_node.odeint(vdp(1000.0), tf.constant([2.0, 0.0], F64), [0.0, 3000.0],
+                          method="dopri5", rtol=1e-6, atol=1e-6, max_num_steps=2000,
+                          jit_compile=False)
