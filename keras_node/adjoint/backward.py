@@ -20,13 +20,16 @@ torchdiffeq/jax (by d/dt (a . f) = a . df/dt along the solution) without
 integrating one more component.
 """
 
+import dataclasses
 from typing import NamedTuple
 
 import tensorflow as tf
 
 from keras_node.adjoint import augmented
+from keras_node.adjoint import interpolated
 from keras_node.solvers import step_control
 from keras_node.solvers.integrate import integrate
+from keras_node.solvers.rosenbrock_tableau import RosenbrockTableau
 
 
 class BackwardState(NamedTuple):
@@ -85,7 +88,16 @@ class BackwardPass:
         self.controls = controls._replace(
             rtol=rtol, atol=atol, norm_leaves=tuple(range(in_norm)),
             clip_to_end=controls.tableau.adaptive, shrink_after_accept=True,
+            tableau=_with_feedback_leaves(controls.tableau, 2 * self.n),
         )
+        # Stiff (Rosenbrock) backward solves interpolate z (interpolated.py):
+        # z is re-solved forward with the state's controls, and [a, g] alone
+        # integrated backward.
+        self.interpolate = isinstance(controls.tableau, RosenbrockTableau)
+        self.state_controls = controls
+        self.adjoint_controls = self.controls._replace(
+            rtol=rtol[self.n:], atol=atol[self.n:], norm_leaves=tuple(range(in_norm - self.n)),
+            tableau=_with_feedback_leaves(controls.tableau, self.n))
         self.warm_start = warm_start
 
     # -- what differs for anchors per sample (backward_per_sample.py) --------
@@ -148,9 +160,13 @@ class BackwardPass:
         x, derivative, t_grad = self._at_anchor(s.index, s.a, s.params)
         j = self._previous_active(s.index)
         sigma = -tf.stack([self._tau_at(s.index), self._tau_at(j)])
-        sol = integrate(self.aug_func, x, sigma, self.controls._replace(first_step=s.dt),
-                        f0=derivative)
-        end = [y[-1] for y in sol.ys]
+        if self.interpolate:
+            sol = self._interpolated_solve(x[self.n:], j, sigma, s.dt)
+            end = [None] * self.n + [y[-1] for y in sol.ys]
+        else:
+            sol = integrate(self.aug_func, x, sigma, self.controls._replace(first_step=s.dt),
+                            f0=derivative)
+            end = [y[-1] for y in sol.ys]
         failed_now = tf.equal(s.status, 0) & tf.not_equal(sol.status, 0)
         return BackwardState(
             index=j, a=tuple(end[self.n: 2 * self.n]), params=tuple(end[2 * self.n:]),
@@ -159,6 +175,20 @@ class BackwardPass:
             status=tf.where(tf.equal(s.status, 0), sol.status, s.status),
             tau_reached=tf.where(failed_now, -sol.t_reached, s.tau_reached),
         )
+
+    def _interpolated_solve(self, x, j, sigma, dt):
+        """[a, g] from -sigma[0] back to anchor j, z interpolated from a
+        forward re-solve from anchor j; one `Solution` with both solves'
+        counts and the first failure."""
+        z_j = tuple(tf.gather(y, j) for y in self.anchors.states)
+        record = interpolated.record_forward(self.func, z_j, -sigma[1], -sigma[0],
+                                             self.state_controls)
+        dynamics = interpolated.adjoint_dynamics(self.func, interpolated.state_at(record),
+                                                 self.variables, self.dtype)
+        sol = integrate(dynamics, x, sigma, self.adjoint_controls._replace(first_step=dt),
+                        initial_status=record.status)
+        return sol._replace(nfe=sol.nfe + record.nfe, num_steps=sol.num_steps + record.num_steps,
+                            num_rejected=sol.num_rejected + record.num_rejected)
 
     def run(self):
         """Solve backward over every interval; return a `BackwardResult`."""
@@ -189,3 +219,14 @@ class BackwardPass:
             counts=s.counts + tf.constant([1, 0, 0], tf.int32), status=s.status,
             tau_reached=s.tau_reached,
         )
+
+
+def _with_feedback_leaves(tableau, count):
+    """A Rosenbrock tableau told that the augmented dynamics read only the
+    first `count` leaves [z, a]: g never feeds back, so the step forms the
+    Jacobian over [z, a] alone and treats g's block exactly
+    (`solvers/rosenbrock.py`), instead of a Jacobian as wide as all the
+    parameters. Explicit tableaus are returned unchanged."""
+    if isinstance(tableau, RosenbrockTableau):
+        return dataclasses.replace(tableau, jacobian_leaves=count)
+    return tableau

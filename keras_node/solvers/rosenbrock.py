@@ -37,9 +37,60 @@ recorded once per step, so each stage costs one backward pass and no
 `n_Q x n_F` matrix is ever stored.
 """
 
+import contextlib
+
 import tensorflow as tf
+# Private, as in loop_bodies: no public API tells whether a tape records.
+from tensorflow.python.eager import record
+# Private: no public API restarts tapes that a caller stopped (see _recording).
+from tensorflow.python import pywrap_tfe
+
+from keras_node import _status
 
 _ZERO = tf.UnconnectedGradients.ZERO
+
+
+@contextlib.contextmanager
+def _recording():
+    """Let the step's own tapes record even where the caller stopped all
+    recording: `odeint_adjoint`'s forward solve runs under
+    `stop_recording()` (its gradient is the adjoint), which in graphs would
+    otherwise leave every Jacobian silently zero (W = I: rodas4 degrades to
+    an explicit method and runs out of steps; measured). Other tapes on the
+    thread see these ops too, but nothing they differentiate leads here."""
+    stopped = pywrap_tfe.TFE_Py_TapeSetIsStopped()
+    if stopped:
+        pywrap_tfe.TFE_Py_TapeSetRestartOnThread()
+    try:
+        yield
+    finally:
+        if stopped:
+            pywrap_tfe.TFE_Py_TapeSetStopOnThread()
+
+
+def _jacobian(tape, out, sources, per_sample):
+    """d out / d source for each source: `(..., n, m)` for a state source,
+    `(n,)` for a scalar time. Per sample (`out` `(batch, n)`), rows are per
+    sample, as `batch_jacobian` gives them (samples are independent).
+
+    Vectorised (pfor) unless XLA compiles code a tape may differentiate:
+    XLA cannot compile the second derivative of pfor's vectorised slice
+    gradients (a user's `y[0]`: shapes it cannot make constant; TF 2.21), nor
+    `jacobian`'s unvectorised while loop (unbounded); a Python loop of n VJPs
+    it can (`tape` must then be persistent)."""
+    if not (_status.in_xla_context() and record.could_possibly_record()):
+        if per_sample:
+            return [tape.batch_jacobian(out, s, unconnected_gradients=_ZERO) for s in sources]
+        return tape.jacobian(out, sources, unconnected_gradients=_ZERO)
+    # Row i as the VJP with the i-th unit cotangent (a slice of `out` taken
+    # here, after the tape stopped, would not be on the tape).
+    size = out.shape[-1]
+    rows = [tape.gradient(out, sources, unconnected_gradients=_ZERO,
+                          output_gradients=tf.broadcast_to(tf.one_hot(i, size, dtype=out.dtype),
+                                                           tf.shape(out)))
+            for i in range(size)]
+    return [tf.stack([row[k] for row in rows], axis=-2 if s.shape.rank else 0)
+            for k, s in enumerate(sources)]
 
 
 class _Flat:
@@ -85,10 +136,11 @@ def rosenbrock_step(func, t0, y0, f0, dt, tableau):
     h = dt[:, None] if per_sample else dt
     gamma = tableau.gamma
     split = tableau.jacobian_leaves
-    if split is None or split >= len(y0) or per_sample:
-        solve = _full_solver(func, t0, y0, flat, h, tableau)
-    else:
-        solve = _block_solver(func, t0, y0, split, flat, h, tableau)
+    with _recording():
+        if split is None or split >= len(y0) or per_sample:
+            solve = _full_solver(func, t0, y0, flat, h, tableau)
+        else:
+            solve = _block_solver(func, t0, y0, split, flat, h, tableau)
     y0_flat = flat.flatten(y0)
     increments = []
     for i in range(tableau.num_stages):
@@ -113,25 +165,22 @@ def _combine(start, coefficients, vectors):
     return start if not terms else start + (terms[0] if len(terms) == 1 else tf.add_n(terms))
 
 
-def _with_time(flat_y, t, per_sample):
-    """The vector the derivatives are taken with respect to: y and t."""
-    return tf.concat([flat_y, t[:, None] if per_sample else t[None]], axis=-1)
-
-
 def _full_solver(func, t0, y0, flat, h, tableau):
     """`solve(rhs, i)` for stage i with the whole Jacobian (per-sample
     blocks when `flat.per_sample`)."""
-    x = _with_time(flat.flatten(y0), t0, flat.per_sample)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        y, t = flat.unflatten(x[..., :-1]), x[..., -1]
-        out = flat.flatten(tuple(func(t, y)))
+    # y and t are watched as separate tensors, not slices of one: under XLA
+    # the second derivative (backprop through the Jacobian) of a slice's
+    # vectorised gradient needs shapes XLA cannot make constant.
+    y_flat = flat.flatten(y0)
+    t_source = t0[:, None] if flat.per_sample else t0
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([y_flat, t_source])
+        t = tf.reshape(t_source, [-1]) if flat.per_sample else t_source
+        out = flat.flatten(tuple(func(t, flat.unflatten(y_flat))))
+    jacobian, f_t = _jacobian(tape, out, [y_flat, t_source], flat.per_sample)
     if flat.per_sample:
-        jacobian = tape.batch_jacobian(out, x, unconnected_gradients=_ZERO)  # (batch, n, n + 1)
-    else:
-        jacobian = tape.jacobian(out, x, unconnected_gradients=_ZERO)  # (n, n + 1)
-    f_t = jacobian[..., -1]
-    matrix = _iteration_matrix(jacobian[..., :-1], tableau.gamma * h, flat.per_sample)
+        f_t = f_t[..., 0]  # (batch, n, 1) -> (batch, n)
+    matrix = _iteration_matrix(jacobian, tableau.gamma * h, flat.per_sample)
 
     def solve(rhs, i):
         if tableau.d[i] != 0.0:
@@ -153,23 +202,22 @@ def _block_solver(func, t0, y0, split, flat, h, tableau):
     `split` on (see the module docstring)."""
     feedback, rest = y0[:split], y0[split:]
     flat_f, flat_q = _Flat(feedback, False), _Flat(rest, False)
-    x = _with_time(flat_f.flatten(feedback), t0, False)
+    y_f, t = flat_f.flatten(feedback), t0
     cotangent = [tf.zeros_like(q) for q in rest]
     with tf.GradientTape(persistent=True) as outer:
         outer.watch(cotangent)
         with tf.GradientTape(persistent=True) as inner:
-            inner.watch(x)
-            out = tuple(func(x[-1], flat_f.unflatten(x[:-1]) + tuple(rest)))
+            inner.watch([y_f, t])
+            out = tuple(func(t, flat_f.unflatten(y_f) + tuple(rest)))
             out_f = flat_f.flatten(out[:split])
         with outer.stop_recording():
-            jacobian = inner.jacobian(out_f, x, unconnected_gradients=_ZERO)  # (n_F, n_F + 1)
+            jacobian, f_t = _jacobian(inner, out_f, [y_f, t], False)
         # w . d f_Q / d(y_F, t): linear in w, so its derivative along a
         # direction is J_QF times that direction (plus the time part).
-        vjp = inner.gradient(list(out[split:]), x, output_gradients=cotangent,
+        vjp = inner.gradient(list(out[split:]), [y_f, t], output_gradients=cotangent,
                              unconnected_gradients=_ZERO)
-    f_t = jacobian[:, -1]
     gamma_h = tableau.gamma * h
-    matrix = _iteration_matrix(jacobian[:, :-1], gamma_h, False)
+    matrix = _iteration_matrix(jacobian, gamma_h, False)
     n_f = flat_f.size
 
     def solve(rhs, i):
@@ -177,8 +225,7 @@ def _block_solver(func, t0, y0, split, flat, h, tableau):
         if tableau.d[i] != 0.0:
             rhs_f = rhs_f + (tableau.gamma * tableau.d[i]) * h * h * f_t
         u_f = tf.linalg.solve(matrix, rhs_f[:, None])[:, 0]
-        direction = tf.concat([u_f, (tableau.d[i] * h)[None]], axis=0)
-        coupled = outer.gradient(vjp, cotangent, output_gradients=direction,
+        coupled = outer.gradient(vjp, cotangent, output_gradients=[u_f, tableau.d[i] * h],
                                  unconnected_gradients=_ZERO)
         return tf.concat([u_f, rhs_q + gamma_h * flat_q.flatten(coupled)], axis=0)
 
