@@ -32,6 +32,11 @@ HOST_ONLY_ALLOWLIST = {
     # live in host memory on every device; TensorFlow places these constants
     # on the CPU beside the Assert, so no device computation is involved.
     ("Const", "string"),
+    # rodas4's Jacobians (pfor): the vectorised MatMul gradient splits a
+    # shape vector (int32). TensorFlow keeps int32 tensors in host memory
+    # on GPUs and places this 2-element shape arithmetic on the host; no
+    # device computation is involved.
+    ("Split", "int32"),
 }
 # Not needed in the allowlist (checked: they have DEFAULT kernels):
 # PartitionedCall/StatefulPartitionedCall, While/StatelessWhile, If/StatelessIf,
@@ -220,3 +225,29 @@ def test_training_step_compiles_and_runs_under_xla():
     after = [np.asarray(v) for v in model.trainable_variables]
     assert all(np.all(np.isfinite(v)) for v in after)
     assert any(not np.array_equal(b, a) for b, a in zip(before, after))
+
+
+@pytest.mark.skipif(not tf.test.is_built_with_gpu_support(),
+                    reason="this TensorFlow build registers no GPU kernels to check against")
+@pytest.mark.parametrize("gradient", ["backprop", "adjoint"])
+def test_every_op_of_a_rodas4_gradient_has_a_gpu_kernel(gradient):
+    """rodas4 adds Jacobians (pfor), linear solves and, in the adjoint, the
+    forward re-solve with its interpolation: traced only (no solve runs).
+    Joint steps only: per-sample backprop has host-only ops of its own
+    (ArgMax int32 in ODELayer, a GatherNd in the TensorScatterUpdate
+    gradient) whatever the method, outside this test's scope."""
+    keras.utils.set_random_seed(0)
+    layer = keras_node.ODELayer(MLP(units=(8,)), method="rodas4", gradient=gradient,
+                                jit_compile=False)
+    layer.build((None, 3))
+
+    @tf.function
+    def gradients(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(x) ** 2)
+        return tape.gradient(loss, layer.trainable_variables)
+
+    graph_def = gradients.get_concrete_function(tf.TensorSpec((None, 3))).graph.as_graph_def()
+    op_types = {node.op for node in walk(graph_def)[0]}
+    assert "MatrixSolve" in op_types, sorted(op_types)
+    assert nodes_without_gpu_kernel(graph_def) == set()
