@@ -48,7 +48,9 @@ def odeint(
         t: 1-D times (tensor, list or array), at least 2 values, strictly
             increasing or strictly decreasing.
         method: one of `keras_node.METHODS`: adaptive `"dopri5"` (default),
-            `"tsit5"`, `"bosh3"`, `"heun_euler"`, `"dopri8"`; fixed-step
+            `"tsit5"`, `"bosh3"`, `"heun_euler"`, `"dopri8"`, and for stiff
+            problems `"rodas4"` (Rosenbrock; a dense Jacobian per step,
+            sensible up to a few hundred state components); fixed-step
             `"euler"`, `"midpoint"`, `"rk4"`.
         rtol, atol: relative and absolute tolerances: scalars, tensors
             broadcastable to y0, or nests matching y0. A step is accepted when

@@ -82,3 +82,14 @@ def test_bouncing_ball(tmp_path):
     assert "first impact 1.41421356 (exact sqrt(2) = 1.41421356)" in stdout
     losses = [float(x) for x in re.findall(r"loss (\S+),", stdout)]
     assert len(losses) >= 2 and losses[-1] < losses[0]
+
+
+def test_stiff_kinetics(tmp_path):
+    """rodas4 fits Robertson's rate constants; dopri5 fails with a clear error."""
+    output = tmp_path / "stiff.png"
+    stdout = run_example("stiff_kinetics.py", "--smoke", "--output", str(output), cwd=tmp_path)
+    assert "dopri5 fails as expected" in stdout and "max_num_steps=200" in stdout
+    losses = [float(x) for x in re.findall(r"loss ([0-9.e+-]+)", stdout)]
+    assert len(losses) == 2 and losses[-1] < losses[0], stdout
+    assert len(re.findall(r"k\d: fitted", stdout)) == 3
+    assert output.exists() and output.stat().st_size > 0
