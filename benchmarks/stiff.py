@@ -2,9 +2,12 @@
 
 Robertson on [0, 40] (rtol 1e-6, atol 1e-10) and Van der Pol mu = 1000 on
 [0, 3000] (rtol = atol = 1e-6), float64: steps, function evaluations,
-Jacobians, wall time (keras_node: the best of `--repeats` calls after the
-first, which traces and compiles; scipy: the best of as many calls, with the
-analytic Jacobian). Prints a markdown table.
+Jacobians, wall time (keras_node and diffrax: the best of `--repeats` calls
+after the first, which traces and compiles; scipy: the best of as many
+calls, with the analytic Jacobian). diffrax (Kvaerno5; PID controller with
+its default coefficients, an I controller, and with pcoeff = icoeff = 0.3
+as its documentation suggests for stiff problems) only when installed.
+Prints a markdown table.
 
     python benchmarks/stiff.py --repeats 3
 """
@@ -88,6 +91,42 @@ def scipy_row(name, spec, method, repeats):
     return (f"scipy {method}", len(sol.t) - 1, None, sol.nfev, sol.njev, seconds)
 
 
+def diffrax_row(name, spec, repeats, pid=None):
+    import diffrax
+    import jax
+    import jax.numpy as jnp
+
+    jax.config.update("jax_enable_x64", True)
+
+    def vector_field(t, y, args):
+        if name == "robertson":
+            return jnp.stack([-0.04 * y[0] + 1e4 * y[1] * y[2],
+                              0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2, 3e7 * y[1] ** 2])
+        return jnp.stack([y[1], MU * (1.0 - y[0] ** 2) * y[1] - y[0]])
+
+    @jax.jit
+    def solve(y0):
+        return diffrax.diffeqsolve(
+            diffrax.ODETerm(vector_field), diffrax.Kvaerno5(), spec["span"][0], spec["span"][1],
+            None, y0, stepsize_controller=diffrax.PIDController(rtol=spec["rtol"], atol=spec["atol"],
+                                                      **(pid or {})),
+            max_steps=100_000)
+
+    y0 = jnp.asarray(spec["y0"], jnp.float64)
+
+    def run():
+        sol = solve(y0)
+        jax.block_until_ready(sol.ys)
+        return sol
+
+    run()
+    seconds, sol = best_time(run, repeats)
+    stats = {k: int(v) for k, v in sol.stats.items()}
+    label = "diffrax Kvaerno5" + (f" PID {pid['pcoeff']}/{pid['icoeff']}" if pid else "")
+    return (label, stats["num_accepted_steps"], stats["num_rejected_steps"], None,
+            None, seconds)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -97,9 +136,15 @@ def main():
     for name, spec in PROBLEMS.items():
         rows = [keras_node_row(name, spec, args.repeats)]
         rows += [scipy_row(name, spec, method, args.repeats) for method in ("Radau", "BDF")]
+        try:
+            rows.append(diffrax_row(name, spec, args.repeats))
+            # diffrax's documentation suggests these for stiff problems.
+            rows.append(diffrax_row(name, spec, args.repeats, dict(pcoeff=0.3, icoeff=0.3)))
+        except ImportError:
+            pass
         for solver, steps, rejected, nfe, njac, seconds in rows:
-            rejected = "-" if rejected is None else rejected
-            print(f"| {name} | {solver} | {steps} | {rejected} | {nfe} | {njac} | {seconds:.3f} |")
+            rejected, nfe, njac = ("-" if x is None else x for x in (rejected, nfe, njac))
+            print(f"| {name} | {solver} | {steps} | {rejected} | {nfe} | {njac} | {seconds:.4f} |")
 
 
 if __name__ == "__main__":

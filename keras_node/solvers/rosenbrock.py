@@ -11,7 +11,10 @@ blocks (`batch_jacobian`, `(batch, n, n)`) when `dt` is per sample
 (`batch_axis=0`). Memory is O(n^2) and each stage solve O(n^3): sensible up
 to a state of a few hundred components per problem (per sample with
 `batch_axis=0`); beyond that an explicit method or a smaller state is the
-better choice.
+better choice. A rejected step recomputes the Jacobian at the same point
+(Hairer's codes reuse it): carrying J in the loop state would save that,
+not done yet. Dense output is the cubic Hermite of `interpolation.py`
+(order 3), not rodas4's own order-3 formula.
 
 Stage equations are multiplied through by `gamma h`, so that a zero-length
 step (a finished sample, `dt = 0`) is the identity instead of a division
