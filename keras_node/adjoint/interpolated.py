@@ -12,12 +12,17 @@ the step never gets past. The adjoint a itself is stable backward.
 
 So, per interval between anchors `tau_j < tau_i` (CVODES' checkpointed
 interpolation): z is re-solved forward from the stored state at `tau_j` with
-the forward method and tolerances, recording every accepted step's end
+the backward solve's method and the state's tolerances, recording every accepted step's end
 (t, z, f); then [a, g] is solved backward with z(tau) the cubic Hermite
 through the records (the forward's own dense output). Memory grows with
 the steps of one interval (buffers of `max_num_steps + 1` records), not of
 the whole solve; the dL/dtheta leaf never enters the Jacobian
 (`jacobian_leaves`).
+
+Not covered: grids of times per sample (`backward_per_sample.py` still
+re-solves z backward: fine for non-stiff dynamics only), and the forward
+step constraints (`max_step`, step and jump times), which the re-solve
+does not apply. Without XLA each record update copies its buffer.
 """
 
 from typing import NamedTuple
