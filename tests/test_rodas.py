@@ -328,3 +328,11 @@ def test_bad_input_raises_clear_errors():
         keras_node.odeint_adjoint(lambda t, y: -y, tf.constant([1.0], F64), [0.0, 1.0],
                                   adjoint_method="radau")
     assert "adjoint_method" in str(info.value)
+
+
+def test_singular_iteration_matrix_rejects_the_step_instead_of_raising():
+    """y' = 4y with a first step of 1: I - gamma h J = 1 - 0.25 * 4 = 0
+    exactly, where TF's MatrixSolve would raise outside XLA."""
+    ys = keras_node.odeint(lambda t, y: 4.0 * y, tf.constant([1.0], F64), [0.0, 1.0],
+                           method="rodas4", first_step=1.0, jit_compile=False)
+    assert abs(float(ys[-1, 0]) / math.exp(4.0) - 1.0) < 1e-2

@@ -183,21 +183,40 @@ def _full_solver(func, t0, y0, flat, h, tableau):
     jacobian, f_t = _jacobian(tape, out, [y_flat, t_source], flat.per_sample)
     if flat.per_sample:
         f_t = f_t[..., 0]  # (batch, n, 1) -> (batch, n)
-    matrix = _iteration_matrix(jacobian, tableau.gamma * h, flat.per_sample)
+    linear_solve = _iteration_matrix(jacobian, tableau.gamma * h, flat.per_sample)
 
     def solve(rhs, i):
         if tableau.d[i] != 0.0:
             rhs = rhs + (tableau.gamma * tableau.d[i]) * h * h * f_t
-        return tf.linalg.solve(matrix, rhs[..., None])[..., 0]
+        return linear_solve(rhs)
 
     return solve
 
 
 def _iteration_matrix(jacobian, gamma_h, per_sample):
-    """`I - gamma h J` (batched when per sample)."""
+    """A linear solver `solve(rhs)` with `I - gamma h J` (batched when per
+    sample). A singular or non-finite matrix gives NaN (so the step is
+    rejected, and a solve that cannot recover fails with a status) instead
+    of `MatrixSolve`'s exception, which TF raises for an exactly zero or
+    NaN pivot outside XLA: the matrix is swapped for I there, found by its
+    determinant (one more LU per step; the solves factor six times). Under
+    XLA, which has no determinant kernel, MatrixSolve returns non-finite
+    values instead of raising, which the error control rejects alike."""
     size = tf.shape(jacobian)[-1]
     eye = tf.eye(size, dtype=jacobian.dtype)
-    return eye - (gamma_h[:, :, None] if per_sample else gamma_h) * jacobian
+    matrix = eye - (gamma_h[:, :, None] if per_sample else gamma_h) * jacobian
+    if _status.in_xla_context():
+        return lambda rhs: tf.linalg.solve(matrix, rhs[..., None])[..., 0]
+    det = tf.stop_gradient(tf.linalg.det(matrix))
+    usable = tf.math.is_finite(det) & tf.not_equal(det, 0.0)
+    matrix = tf.where(usable[..., None, None], matrix, eye)
+    nan = tf.constant(float("nan"), jacobian.dtype)
+
+    def solve(rhs):
+        u = tf.linalg.solve(matrix, rhs[..., None])[..., 0]
+        return tf.where(usable[..., None], u, nan)
+
+    return solve
 
 
 def _block_solver(func, t0, y0, split, flat, h, tableau):
@@ -220,14 +239,14 @@ def _block_solver(func, t0, y0, split, flat, h, tableau):
         vjp = inner.gradient(list(out[split:]), [y_f, t], output_gradients=cotangent,
                              unconnected_gradients=_ZERO)
     gamma_h = tableau.gamma * h
-    matrix = _iteration_matrix(jacobian, gamma_h, False)
+    linear_solve = _iteration_matrix(jacobian, gamma_h, False)
     n_f = flat_f.size
 
     def solve(rhs, i):
         rhs_f, rhs_q = rhs[:n_f], rhs[n_f:]
         if tableau.d[i] != 0.0:
             rhs_f = rhs_f + (tableau.gamma * tableau.d[i]) * h * h * f_t
-        u_f = tf.linalg.solve(matrix, rhs_f[:, None])[:, 0]
+        u_f = linear_solve(rhs_f)
         coupled = outer.gradient(vjp, cotangent, output_gradients=[u_f, tableau.d[i] * h],
                                  unconnected_gradients=_ZERO)
         return tf.concat([u_f, rhs_q + gamma_h * flat_q.flatten(coupled)], axis=0)
