@@ -13,6 +13,11 @@ problems, for the same gradients.) The first backward step reuses the
 forward solve's last step-size proposal when both solves share method and
 tolerances (the adjoint shares the forward Jacobian, so its time scales).
 
+A Rosenbrock backward method (rodas4, for stiff problems) cannot solve z
+backward in time (backward, a stiff decay is an explosive growth): there
+each interval re-solves z forward from its earlier anchor and integrates
+only [a, g] backward, with z interpolated (`interpolated.py`).
+
 Time gradients use dL/dt_i = dL/dy_i . f(t_i, y_i) for outputs i >= 1 (f
 read off the augmented derivative each interval starts with, so free) and
 dL/dt_0 = -a(t_0) . f(t_0, y_0). These equal the integrated time-adjoint of
