@@ -14,8 +14,10 @@ applied here: they are in solver time, which differs per sample.
 
 import tensorflow as tf
 
+from keras_node import _nest
 from keras_node import _status
 from keras_node.adjoint import augmented
+from keras_node.adjoint import interpolated
 from keras_node.adjoint.backward import BackwardPass, BackwardState
 from keras_node.adjoint.forward import output_indices
 from keras_node.solvers.integrate import integrate
@@ -65,9 +67,13 @@ class PerSampleBackwardPass(BackwardPass):
         controls = self.controls._replace(first_step=s.dt / safe)
         if controls.step_size is not None:
             controls = controls._replace(step_size=controls.step_size / safe)
-        sol = integrate(lambda u, x: self.rescaled(sigma0 + u * length, length, x)[0], x,
-                        tf.constant([0.0, 1.0], self.dtype), controls, f0=derivative)
-        end = [y[-1] for y in sol.ys]
+        if self.interpolate:
+            sol = self._interpolated_solve(x[self.n:], j, sigma0, length, controls.first_step)
+            end = [None] * self.n + [y[-1] for y in sol.ys]
+        else:
+            sol = integrate(lambda u, x: self.rescaled(sigma0 + u * length, length, x)[0], x,
+                            tf.constant([0.0, 1.0], self.dtype), controls, f0=derivative)
+            end = [y[-1] for y in sol.ys]
         failed_now = tf.equal(s.status, _status.SUCCESS) & tf.not_equal(sol.status, _status.SUCCESS)
         return BackwardState(
             index=j, a=tuple(end[self.n: 2 * self.n]), params=tuple(end[2 * self.n:]),
@@ -78,3 +84,26 @@ class PerSampleBackwardPass(BackwardPass):
             tau_reached=tf.where(failed_now, tf.reduce_max(-sigma0 - sol.t_reached * length),
                                  s.tau_reached),
         )
+
+    def _interpolated_solve(self, x, j, sigma0, length, first_step):
+        """The stiff (Rosenbrock) interval in the shared variable: z re-solved
+        forward in s = 1 - u from anchor j (sample b at tau_j_b + s L_b), then
+        [a, g] backward in u with z interpolated (`interpolated.py`)."""
+        tau_j = self._tau_at(j)
+
+        def forward(s, z):
+            return tuple(fi * _nest.per_sample(length, fi) for fi in self.func(tau_j + s * length, z))
+
+        zero, one = tf.constant(0.0, self.dtype), tf.constant(1.0, self.dtype)
+        record = interpolated.record_forward(forward, tuple(tf.gather(y, j) for y in self.anchors.states),
+                                             zero, one, self.state_controls)
+        z_of = interpolated.state_at(record)
+
+        def dynamics(u, x):
+            return self.rescaled(sigma0 + u * length, length, z_of(1.0 - u) + tuple(x))[0][self.n:]
+
+        sol = integrate(dynamics, x, tf.stack([zero, one]),
+                        self.adjoint_controls._replace(first_step=first_step),
+                        initial_status=record.status)
+        return sol._replace(nfe=sol.nfe + record.nfe, num_steps=sol.num_steps + record.num_steps,
+                            num_rejected=sol.num_rejected + record.num_rejected)

@@ -19,10 +19,10 @@ the steps of one interval (buffers of `max_num_steps + 1` records), not of
 the whole solve; the dL/dtheta leaf never enters the Jacobian
 (`jacobian_leaves`).
 
-Not covered: grids of times per sample (`backward_per_sample.py` still
-re-solves z backward: fine for non-stiff dynamics only), and the forward
-step constraints (`max_step`, step and jump times), which the re-solve
-does not apply. Without XLA each record update copies its buffer.
+Grids of times per sample (`backward_per_sample.py`) do the same in their
+shared variable s in [0, 1]. Not covered: the forward step constraints
+(`max_step`, step and jump times), which the re-solve does not apply.
+Without XLA each record update copies its buffer.
 """
 
 from typing import NamedTuple
