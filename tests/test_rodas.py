@@ -338,10 +338,11 @@ def test_singular_iteration_matrix_rejects_the_step_instead_of_raising():
     assert abs(float(ys[-1, 0]) / math.exp(4.0) - 1.0) < 1e-2
 
 
-def test_adjoint_with_time_grids_per_sample_on_a_stiff_problem():
+def test_adjoint_with_time_grids_per_sample_on_a_stiff_problem(dy2_dk1_reference):
     """Grids of times per sample take the per-sample backward pass, whose
     stiff interval also interpolates z (it underflowed when it re-solved z
-    backward); gradients as by backprop."""
+    backward). Sample 0 is the Robertson problem of the gradient test, on
+    its own grid; sample 1 (another grid) does not enter the loss."""
     k = tf.Variable([0.04, 3e7, 1e4], dtype=F64)
 
     def batch_robertson(t, y):
@@ -351,11 +352,9 @@ def test_adjoint_with_time_grids_per_sample_on_a_stiff_problem():
 
     y0 = tf.constant([[1.0, 0.0, 0.0], [0.9, 0.0, 0.1]], F64)
     t = tf.constant([[0.0, 40.0], [0.0, 10.0]], F64)
-    grads = []
-    for solver in (keras_node.odeint_adjoint, keras_node.odeint):
-        with tf.GradientTape() as tape:
-            ys = solver(batch_robertson, y0, t, method="rodas4", rtol=1e-7, atol=1e-11,
-                        batch_axis=0, jit_compile=False)
-            loss = tf.reduce_sum(ys[:, :, 0]) + 1e4 * tf.reduce_sum(ys[:, :, 1])
-        grads.append(tape.gradient(loss, k).numpy())
-    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5)
+    with tf.GradientTape() as tape:
+        ys = keras_node.odeint_adjoint(batch_robertson, y0, t, batch_axis=0, jit_compile=False,
+                                       **GRADIENT_OPTIONS)
+        y2 = ys[-1, 0, 1]
+    grad = float(tape.gradient(y2, k)[0])
+    assert abs(grad / dy2_dk1_reference - 1.0) < 1e-4, (grad, dy2_dk1_reference)
