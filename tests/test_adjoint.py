@@ -570,6 +570,7 @@ class AdjointRegressor(keras.Model):
         return self.head(ys[-1])
 
 
+@pytest.mark.auto_jit
 def test_model_fit_trains_the_vector_field():
     tf.random.set_seed(0)
     x = _rng(31).normal(size=(64, 4)).astype("float32")
@@ -617,6 +618,7 @@ def test_second_eager_call_does_not_retrace():
     )
 
 
+@pytest.mark.auto_jit
 def test_repeated_eager_calls_keep_variable_gradients():
     # The eager path runs through a cached compiled function; every call must
     # still report the variables func reads (regression: only the first,

@@ -7,6 +7,7 @@ each batch's logs.
 
 import keras
 import numpy as np
+import pytest
 
 import keras_node
 from keras_node.callbacks import NFELogger
@@ -42,6 +43,7 @@ def _fit(model, callbacks, epochs=2):
     return model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, callbacks=callbacks).history
 
 
+@pytest.mark.auto_jit
 def test_logs_sum_over_two_ode_layers_including_a_nested_one():
     keras.utils.set_random_seed(0)
     first = keras_node.ODELayer(MLP(units=(8,), final_initializer="glorot_uniform"),

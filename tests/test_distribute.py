@@ -6,12 +6,11 @@ has long done, so the training runs in a fresh Python and reports JSON.
 """
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
+
+import _background
 
 _SCRIPT = textwrap.dedent(
     """
@@ -51,10 +50,13 @@ _SCRIPT = textwrap.dedent(
 )
 
 
+# Runs in the background from the end of collection (_background.py).
+_background.declare(f"{__name__}::test_mirrored_strategy_on_two_logical_cpus", ["-c", _SCRIPT],
+                    cwd=None, env={"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"})
+
+
 def test_mirrored_strategy_on_two_logical_cpus():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
-    result = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True,
-                            env=env, timeout=600)
+    result = _background.result(f"{__name__}::test_mirrored_strategy_on_two_logical_cpus")
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -2,83 +2,107 @@
 
 Each example runs as a subprocess, the way a user runs it, in its tiny
 `--smoke` configuration (one short epoch, small data), writing its outputs
-into pytest's `tmp_path`; the test checks the exit code, the output files
+into a temporary directory; the test checks the exit code, the output files
 and the key lines of the printed report. Training quality is not tested
 here: the default runs and their results are recorded in the README.
+
+The runs are declared here and start in the background when collection
+ends (`_background.py`), so they overlap the in-process tests that run
+before this module.
 """
 
-import os
+import atexit
 import pathlib
 import re
-import subprocess
-import sys
+import shutil
+import tempfile
 
 import pytest
 
+import _background
+
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+OUTPUT = pathlib.Path(tempfile.mkdtemp(prefix="keras_node_examples_"))
+atexit.register(shutil.rmtree, OUTPUT, ignore_errors=True)
+ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow", "MPLBACKEND": "Agg"}
 
 pytestmark = pytest.mark.slow
 
 
-def run_example(script, *args, cwd):
-    """Run `examples/<script> args...` with this interpreter; return its stdout."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow", MPLBACKEND="Agg")
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), *args], cwd=cwd, env=env,
-        capture_output=True, text=True, timeout=900,
-    )
+def _declare(test_name, script, *args):
+    """Declare `examples/<script> args...` as the run of `test_name`, in its
+    own output directory `OUTPUT / test_name` (which `args` may name as
+    `{out}`)."""
+    out = OUTPUT / test_name
+    out.mkdir()
+    args = [a.format(out=out) for a in args]
+    _background.declare(f"{__name__}::{test_name}", [str(EXAMPLES / script), *args], cwd=out,
+                        env=ENV)
+    return out
+
+
+def run_example(test_name):
+    """The finished run of `test_name`: asserts it exited 0; returns its stdout."""
+    result = _background.result(f"{__name__}::{test_name}")
     assert result.returncode == 0, (
-        f"{script} exited with {result.returncode}\n--- stdout ---\n{result.stdout[-4000:]}"
+        f"{test_name} exited with {result.returncode}\n--- stdout ---\n{result.stdout[-4000:]}"
         f"\n--- stderr ---\n{result.stderr[-4000:]}"
     )
     return result.stdout
 
 
-def test_spiral(tmp_path):
+# Slowest first: the background thread runs them in this order.
+EXPORT_DIR = _declare("test_export", "export.py", "--smoke", "--output-dir", "{out}")
+DIGITS_DIR = _declare("test_digits_odenet", "digits_odenet.py", "--smoke", "--models", "resnet",
+                      "odenet", "--output-dir", "{out}")
+SERIES_DIR = _declare("test_irregular_series", "irregular_series.py", "--smoke", "--output",
+                      "{out}/series.png")
+SPIRAL_DIR = _declare("test_spiral", "spiral.py", "--smoke", "--output", "{out}/spiral.png")
+BALL_DIR = _declare("test_bouncing_ball", "bouncing_ball.py", "--smoke", "--output",
+                    "{out}/ball.png")
+
+
+def test_spiral():
     """The spiral demo trains, prints its trajectory error and NFE, and writes its figure."""
-    output = tmp_path / "spiral.png"
-    stdout = run_example("spiral.py", "--smoke", "--output", str(output), cwd=tmp_path)
-    assert output.stat().st_size > 0
+    stdout = run_example("test_spiral")
+    assert (SPIRAL_DIR / "spiral.png").stat().st_size > 0
     assert re.search(r"Final trajectory error: mean \|learned - true\| .* = \d+\.\d+", stdout)
     assert "nfe_forward" in stdout and "nfe_backward" in stdout
 
 
-def test_digits_odenet(tmp_path):
+def test_digits_odenet():
     """The default path (a spawned process per model) trains the models --models
     selects; they land in the table and the plot, the others do not."""
-    run_example("digits_odenet.py", "--smoke", "--models", "resnet", "odenet",
-                "--output-dir", str(tmp_path), cwd=tmp_path)
-    table = (tmp_path / "digits_results.md").read_text()
-    assert (tmp_path / "digits_nfe.png").stat().st_size > 0
+    run_example("test_digits_odenet")
+    table = (DIGITS_DIR / "digits_results.md").read_text()
+    assert (DIGITS_DIR / "digits_nfe.png").stat().st_size > 0
     for name in ("ResNet", "ODE-Net"):
         assert re.search(rf"^\| {name} \| \d+\.\d\d \| [\d,]+ \|", table, re.MULTILINE), table
     assert "| RK-Net |" not in table
 
 
-def test_irregular_series(tmp_path):
+def test_irregular_series():
     """The latent ODE trains on union batches, extrapolates and writes its figure."""
-    output = tmp_path / "series.png"
-    stdout = run_example("irregular_series.py", "--smoke", "--output", str(output), cwd=tmp_path)
-    assert output.stat().st_size > 0
+    stdout = run_example("test_irregular_series")
+    assert (SERIES_DIR / "series.png").stat().st_size > 0
     assert re.search(r"extrapolation on \(.*\] = \d+\.\d+", stdout)
 
 
-def test_export(tmp_path):
+def test_export():
     """Saved, exported and reloaded models predict identically, and fine-tuning runs."""
-    stdout = run_example("export.py", "--smoke", "--output-dir", str(tmp_path), cwd=tmp_path)
-    assert (tmp_path / "ode_model.keras").stat().st_size > 0
-    assert (tmp_path / "ode_saved_model" / "saved_model.pb").exists()
+    stdout = run_example("test_export")
+    assert (EXPORT_DIR / "ode_model.keras").stat().st_size > 0
+    assert (EXPORT_DIR / "ode_saved_model" / "saved_model.pb").exists()
     differences = re.findall(r"max \|.*difference\| = (\S+)", stdout)
     assert len(differences) == 5, stdout
     assert all(float(d) <= 1e-6 for d in differences), stdout
     assert re.search(r"loss before \d+\.\d+, after \d+\.\d+", stdout)
 
 
-def test_bouncing_ball(tmp_path):
+def test_bouncing_ball():
     """The bouncing ball hits the ground at sqrt(2), fits its restitution and writes its figure."""
-    output = tmp_path / "ball.png"
-    stdout = run_example("bouncing_ball.py", "--smoke", "--output", str(output), cwd=tmp_path)
-    assert output.stat().st_size > 0
+    stdout = run_example("test_bouncing_ball")
+    assert (BALL_DIR / "ball.png").stat().st_size > 0
     assert "first impact 1.41421356 (exact sqrt(2) = 1.41421356)" in stdout
     losses = [float(x) for x in re.findall(r"loss (\S+),", stdout)]
     assert len(losses) >= 2 and losses[-1] < losses[0]

@@ -141,6 +141,7 @@ def test_dynamics_layer_named_with_underscore_trains_with_fit():
     assert np.isfinite(history.history["loss"][0])
 
 
+@pytest.mark.auto_jit
 def test_dynamics_reading_tensors_of_the_enclosing_function():
     """jit_compile="auto" decides XLA support even when func closes over a
     tensor computed inside the tf.function being traced (the XLA lowering

@@ -104,6 +104,7 @@ def test_batch_sizes_1_to_8_do_not_retrace_per_size(how):
 # ---------------------------------------------------------------------------- long training
 
 
+@pytest.mark.auto_jit
 def test_2000_training_steps_keep_traces_and_memory_flat():
     model = _model(features=4)  # default jit_compile="auto"
     model.compile(keras.optimizers.Adam(1e-3), "mse")
@@ -140,6 +141,7 @@ def test_eager_training_steps_do_not_retrace():
 # ---------------------------------------------------------------------------- eager compile cache
 
 
+@pytest.mark.auto_jit  # XLA-compiled functions per call are what could leak
 @pytest.mark.parametrize("solver", ["odeint", "odeint_adjoint"])
 def test_a_new_function_per_call_keeps_memory_bounded(solver):
     """Eager calls compile once per function object and hold it weakly: a

@@ -12,10 +12,11 @@ what is tested is that training works, not how well.
 
 Compile cost: by default (`jit_compile="auto"`) every new layer and input
 shape XLA-compiles its solver loops, several times the cost of a plain
-trace. Tests of Keras plumbing (the harness, subclassed/functional/image
-models) pass `jit_compile=False` (`PLUMBING`); the default is exercised by
-the hand-checkable value tests, the Sequential training, mixed precision,
-`test_default_jit_compile_matches_plain_graph` and the other test files.
+trace. conftest.py runs "auto" as a plain graph except in tests marked
+`auto_jit`; here the real default is exercised by
+`test_default_jit_compile_matches_plain_graph` and by the Sequential
+training (`fitted`, a module-scoped fixture built before that patch), and
+XLA by the tests that pass `jit_compile=True`.
 """
 
 import types
@@ -127,6 +128,7 @@ def test_return_sequences_last_step_matches_final_state():
     np.testing.assert_array_equal(np.asarray(last(x)), ys[:, -1])
 
 
+@pytest.mark.auto_jit
 def test_default_jit_compile_matches_plain_graph():
     """The default ("auto": XLA-compiled solver loops) computes what a plain graph does."""
     x = harness.sample((8, 3))

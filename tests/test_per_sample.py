@@ -79,6 +79,7 @@ def stiffness_batch(n):
     return func, tf.constant(rng.normal(size=(n, 3))), rates, weights
 
 
+@pytest.mark.auto_jit
 @pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3", "dopri8", "heun_euler", "rk4"])
 def test_a_sample_alone_and_in_a_random_batch_agree(method):
     func, y0, rates, weights = stiffness_batch(12)

@@ -91,7 +91,7 @@ class _BatchCounter(keras.callbacks.Callback):
 
 @pytest.mark.parametrize(
     "mode, layer_jit_compile",
-    [("eager", False), ("graph", False), ("graph", "auto")],
+    [("eager", False), ("graph", False), pytest.param("graph", "auto", marks=pytest.mark.auto_jit)],
     ids=["eager", "graph", "graph-xla-solver-loops"],
 )
 def test_blowup_mid_fit_raises_naming_layer_cause_and_time(mode, layer_jit_compile):
