@@ -60,6 +60,8 @@ SERIES_DIR = _declare("test_irregular_series", "irregular_series.py", "--smoke",
 SPIRAL_DIR = _declare("test_spiral", "spiral.py", "--smoke", "--output", "{out}/spiral.png")
 BALL_DIR = _declare("test_bouncing_ball", "bouncing_ball.py", "--smoke", "--output",
                     "{out}/ball.png")
+STIFF_DIR = _declare("test_stiff_kinetics", "stiff_kinetics.py", "--smoke", "--output",
+                     "{out}/stiff.png")
 
 
 def test_spiral():
@@ -108,10 +110,10 @@ def test_bouncing_ball():
     assert len(losses) >= 2 and losses[-1] < losses[0]
 
 
-def test_stiff_kinetics(tmp_path):
+def test_stiff_kinetics():
     """rodas4 fits Robertson's rate constants; dopri5 fails with a clear error."""
-    output = tmp_path / "stiff.png"
-    stdout = run_example("stiff_kinetics.py", "--smoke", "--output", str(output), cwd=tmp_path)
+    output = STIFF_DIR / "stiff.png"
+    stdout = run_example("test_stiff_kinetics")
     assert "dopri5 fails as expected" in stdout and "max_num_steps=200" in stdout
     losses = [float(x) for x in re.findall(r"loss ([0-9.e+-]+)", stdout)]
     assert len(losses) == 2 and losses[-1] < losses[0], stdout
