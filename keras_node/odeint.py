@@ -105,7 +105,7 @@ def odeint(
     Raises:
         ValueError, TypeError: invalid arguments (named in the message).
         tf.errors.InvalidArgumentError: the solve failed (max_num_steps
-            exceeded, step size underflow, non-finite state, or run-time `t`
+            exceeded, step size underflow, non-finite state or input, or run-time `t`
             not monotonic); the message names the cause and the time reached.
             Under XLA (`jit_compile=True`) the outputs are NaN instead and
             `stats["status"]` is non-zero.

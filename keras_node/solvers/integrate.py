@@ -16,7 +16,6 @@ from typing import NamedTuple, Optional, Tuple
 
 import tensorflow as tf
 
-from keras_node import _nest
 from keras_node import _status
 from keras_node.solvers import interpolation
 from keras_node.solvers import loop_bodies
@@ -190,7 +189,7 @@ def _initial_state(func, y0, t_out, num_out, controls, f0, initial_status, recor
     t0 = tf.gather(t_out, 0)
     nfe = tf.constant(0 if f0 is not None else 1, tf.int32)
     f0 = tuple(func(t0, y0)) if f0 is None else tuple(f0)
-    status = tf.where(_nest.all_finite(y0 + f0), _status.SUCCESS, _status.NON_FINITE)
+    status = _status.initial(y0, f0)
     if initial_status is not None:
         status = tf.where(tf.equal(initial_status, 0), status, initial_status)
     if tableau.adaptive and controls.first_step is None:
