@@ -62,7 +62,9 @@ def odeint(
             of `t` is shortened to land on it. `None`: one step per interval.
         max_num_steps: bound on attempted steps (accepted and rejected).
         return_stats: also return a dict of int32 scalars `nfe`, `num_steps`,
-            `num_rejected`, `status` (0 = success).
+            `num_rejected`, `status` (0 = success; 1 max_num_steps exceeded,
+            2 step size underflow, 3 non-finite state, 4 `t` not monotonic,
+            5 non-finite initial state).
         jit_compile: compile the solver loop with XLA: `True`, `False`, or
             `"auto"` (default: when every op of `func` has an XLA kernel,
             else without XLA and a one-time warning; convolutional dynamics
