@@ -118,7 +118,7 @@ def odeint(
     >>> float(ys[-1, 0])  # exp(-1)
     0.3678...
     """
-    options = SolverOptions(method=method, rtol=rtol, atol=atol, first_step=first_step,
+    options = SolverOptions.of(method=method, rtol=rtol, atol=atol, first_step=first_step,
                             step_size=step_size, max_num_steps=max_num_steps,
                             jit_compile=jit_compile, batch_axis=batch_axis, max_step=max_step,
                             step_times=step_times, jump_times=jump_times)
