@@ -14,9 +14,9 @@ interrupted-and-resumed run ends where the uninterrupted one does.
 Each worker learns where it is from `TF_CONFIG`: the cluster's addresses and
 its own index. On real machines, give every host the same `"cluster"` list
 (`"host:port"` of each worker, the chief first) and its own `"task"` index,
-start this script's `--worker` mode on each, and put `--dir` on a file system
-they all see. Batches depend only on the step number, so a resumed run sees
-the same data as an uninterrupted one.
+run `TF_CONFIG='...' python examples/multi_worker.py --worker i --dir DIR`
+on each, with DIR on a file system they all see. Batches depend only on the
+step number, so a resumed run sees the same data as an uninterrupted one.
 
 Usage (repository root):
     python examples/multi_worker.py                  # two workers, 40 steps
@@ -92,11 +92,13 @@ def build_model():
 
 def run_worker(args):
     """One worker: restore the latest checkpoint if any, train, save weights."""
-    ports = args.ports.split(",")
-    os.environ["TF_CONFIG"] = json.dumps({
-        "cluster": {"worker": [f"localhost:{port}" for port in ports]},
-        "task": {"type": "worker", "index": args.worker},
-    })
+    if args.ports is not None:  # started by the launcher: a local cluster
+        os.environ["TF_CONFIG"] = json.dumps({
+            "cluster": {"worker": [f"localhost:{port}" for port in args.ports.split(",")]},
+            "task": {"type": "worker", "index": args.worker},
+        })
+    elif "TF_CONFIG" not in os.environ:
+        raise SystemExit("--worker needs TF_CONFIG in the environment (or --ports for a local cluster)")
     import keras
     import tensorflow as tf
 
