@@ -21,6 +21,7 @@ from keras_node.odeint import odeint as odeint  # noqa: E402
 from keras_node.events import odeint_event as odeint_event  # noqa: E402
 from keras_node.layers.ode_layer import ODELayer as ODELayer  # noqa: E402
 from keras_node.interpolate import CubicSpline as CubicSpline  # noqa: E402
+from keras_node.layers.cde import NeuralCDE as NeuralCDE  # noqa: E402
 from keras_node import dynamics as dynamics  # noqa: E402
 from keras_node import callbacks as callbacks  # noqa: E402
 from keras_node.diagnostics import check_gradients as check_gradients  # noqa: E402
@@ -33,6 +34,7 @@ __all__ = [
     "CubicSpline",
     "DEFAULT_CHECKPOINTS",
     "METHODS",
+    "NeuralCDE",
     "ODELayer",
     "callbacks",
     "check_gradients",

@@ -1,5 +1,6 @@
 """Keras layers of keras_node."""
 
 from keras_node.layers.ode_layer import ODELayer as ODELayer
+from keras_node.layers.cde import NeuralCDE as NeuralCDE
 
-__all__ = ["ODELayer"]
+__all__ = ["NeuralCDE", "ODELayer"]
