@@ -22,6 +22,7 @@ from keras_node.events import odeint_event as odeint_event  # noqa: E402
 from keras_node.layers.ode_layer import ODELayer as ODELayer  # noqa: E402
 from keras_node.interpolate import CubicSpline as CubicSpline  # noqa: E402
 from keras_node.layers.cde import NeuralCDE as NeuralCDE  # noqa: E402
+from keras_node.layers.odernn import ODERNN as ODERNN  # noqa: E402
 from keras_node import dynamics as dynamics  # noqa: E402
 from keras_node import callbacks as callbacks  # noqa: E402
 from keras_node.diagnostics import check_gradients as check_gradients  # noqa: E402
@@ -35,6 +36,7 @@ __all__ = [
     "DEFAULT_CHECKPOINTS",
     "METHODS",
     "NeuralCDE",
+    "ODERNN",
     "ODELayer",
     "callbacks",
     "check_gradients",

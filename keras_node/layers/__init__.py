@@ -2,5 +2,6 @@
 
 from keras_node.layers.ode_layer import ODELayer as ODELayer
 from keras_node.layers.cde import NeuralCDE as NeuralCDE
+from keras_node.layers.odernn import ODERNN as ODERNN
 
-__all__ = ["NeuralCDE", "ODELayer"]
+__all__ = ["NeuralCDE", "ODELayer", "ODERNN"]
