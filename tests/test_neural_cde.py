@@ -17,10 +17,19 @@ from series_fields import ConstantField, mlp_field
 TIGHT = dict(rtol=1e-9, atol=1e-10)
 
 
+@pytest.fixture(autouse=True)
+def _keras_seed():
+    """Fixed initial weights: the solver's error (and the training curve)
+    depend on them."""
+    keras.utils.set_random_seed(0)
+
+
 def _series(batch=4, n=6, channels=2, seed=0, per_sample=True):
+    """Gaps of 0.3 to 0.8 between observations: an interpolating spline
+    through O(1) noise at nearly equal times would have huge slopes."""
     rng = np.random.default_rng(seed)
     shape = (batch, n) if per_sample else (n,)
-    times = np.sort(rng.uniform(0.0, 3.0, size=shape), axis=-1)
+    times = np.cumsum(rng.uniform(0.3, 0.8, size=shape), axis=-1)
     return times, rng.normal(size=(batch, n, channels))
 
 
@@ -101,7 +110,7 @@ def test_fit_lowers_the_loss():
     times, values = _series(batch=32, seed=3)
     target = (values[:, -1, :1] > values[:, 0, :1]).astype("float32")
     model = _model()
-    model.compile(keras.optimizers.Adam(0.05), "binary_crossentropy")
+    model.compile(keras.optimizers.Adam(0.01), "binary_crossentropy")
     history = model.fit([values.astype("float32"), times.astype("float32")], target, epochs=4,
                         batch_size=16, verbose=0)
     losses = history.history["loss"]

@@ -108,7 +108,7 @@ class NeuralCDE(keras.layers.Layer):
         values, times = series.split_inputs(inputs, self)[:2]
         return self._graph_call(values, times)
 
-    def _forward(self, values, times):
+    def _forward(self, values, times, recording):
         spline = CubicSpline(times, values)
         t0 = times[..., 0]
         z0 = tf.cast(self.initial(spline.evaluate(t0)), values.dtype)
@@ -119,7 +119,7 @@ class NeuralCDE(keras.layers.Layer):
 
         variables = self.vector_field.trainable_variables
         zs = self.settings.solve(func, z0, times,
-                                 variables, name=f"NeuralCDE {self.name!r}")
+                                 variables, name=f"NeuralCDE {self.name!r}", recording=recording)
         if not self.return_sequences:
             return zs[-1]
         return tf.transpose(zs, [1, 0, 2])

@@ -100,36 +100,36 @@ class ODERNN(keras.layers.Layer):
             mask = tf.ones(tf.shape(values)[:2], dtype=tf.bool)
         return self._graph_call(values, times, mask)
 
-    def _forward(self, values, times, mask):
+    def _forward(self, values, times, mask, recording):
         h = self._update(tf.zeros([tf.shape(values)[0], self.units], values.dtype),
                          values[:, 0], mask[:, 0])
         if self.settings.gradient == "adjoint":
-            h, states = self._unrolled(h, values, times, mask)
+            h, states = self._unrolled(h, values, times, mask, recording)
         else:
-            h, states = self._looped(h, values, times, mask)
+            h, states = self._looped(h, values, times, mask, recording)
         if not self.return_sequences:
             return h
         return tf.transpose(states, [1, 0, 2])
 
-    def _step(self, i, h, values, times, mask):
+    def _step(self, i, h, values, times, mask, recording):
         """h after observation i, from h after observation i - 1."""
-        h = self._evolve(h, tf.gather(times, [i - 1, i], axis=-1))
+        h = self._evolve(h, tf.gather(times, [i - 1, i], axis=-1), recording)
         return self._update(h, tf.gather(values, i, axis=1), tf.gather(mask, i, axis=1))
 
-    def _looped(self, h, values, times, mask):
+    def _looped(self, h, values, times, mask, recording):
         """The observations as a `tf.while_loop` (backprop gradients)."""
         n = tf.shape(values)[1]
         states = tf.TensorArray(values.dtype, size=n, element_shape=h.shape).write(0, h)
 
         def body(i, h, states):
-            h = self._step(i, h, values, times, mask)
+            h = self._step(i, h, values, times, mask, recording)
             return i + 1, h, states.write(i, h)
 
         _, h, states = tf.while_loop(lambda i, h, s: i < n, body, (tf.constant(1), h, states),
                                      maximum_iterations=values.shape[1] or n)
         return h, states.stack()
 
-    def _unrolled(self, h, values, times, mask):
+    def _unrolled(self, h, values, times, mask, recording):
         """The observations unrolled in the graph (adjoint gradients: TF
         cannot differentiate a while loop around `odeint_adjoint`'s custom
         gradient, which reads the dynamics' variables)."""
@@ -141,11 +141,11 @@ class ODERNN(keras.layers.Layer):
                              f"shape {values.shape}")
         states = [h]
         for i in range(1, n):
-            h = self._step(i, h, values, times, mask)
+            h = self._step(i, h, values, times, mask, recording)
             states.append(h)
         return h, tf.stack(states)
 
-    def _evolve(self, h, grid):
+    def _evolve(self, h, grid, recording):
         """h at the end of `grid`, `(2,)` or `(batch, 2)`, from h at its start."""
 
         def func(t, h):
@@ -153,7 +153,7 @@ class ODERNN(keras.layers.Layer):
             return tf.cast(dh, h.dtype)
 
         ys = self.settings.solve(func, h, grid, self.dynamics.trainable_variables,
-                                 name=f"ODERNN {self.name!r}")
+                                 name=f"ODERNN {self.name!r}", recording=recording)
         return ys[-1]
 
     def _update(self, h, x, observed):

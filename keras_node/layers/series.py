@@ -12,6 +12,9 @@ import dataclasses
 
 import keras
 import tensorflow as tf
+# Private, as in odeint.py: whether an eager tape records the call decides
+# whether the solver loop may run under XLA with backprop gradients.
+from tensorflow.python.eager import record
 
 from keras_node.adjoint import solve_adjoint
 from keras_node.layers.call_times import time_dtype
@@ -50,19 +53,38 @@ class OdeSettings:
         config = {k: v for k, v in config.items() if k in _SOLVER_NAMES + _ADJOINT_NAMES}
         return dict(config, gradient=self.gradient)
 
-    def solve(self, func, y0, t, variables, name):
+    def solve(self, func, y0, t, variables, name, recording=None):
         """`ys` at the times `t`, `(len(t), batch, ...)`. 2-D `t` `(batch, n)`
         solves each sample on its own row with its own steps (`batch_axis=0`);
-        `func(t, y)` then gets `t` shaped `(batch,)`."""
+        `func(t, y)` then gets `t` shaped `(batch,)`. `recording`: whether a
+        gradient tape outside the graph being built will differentiate the
+        solve (None: the solver sees for itself)."""
         options = self.options
         if t.shape.rank == 2:
             options = dataclasses.replace(options, batch_axis=0)
+        if recording and self.gradient == "backprop":
+            options = _without_xla(options, name)
         if self.gradient == "adjoint":
             ys, _ = solve_adjoint(func, y0, t, options, self.adjoint_options,
                                   variables=variables, name=name)
         else:
             ys, _ = solve(func, y0, t, options, name=name)
         return ys
+
+
+def _without_xla(options, name):
+    """Backprop through a solver loop compiled apart from the graph the tape
+    differentiates cannot work (its TensorLists cannot leave XLA): `"auto"`
+    turns XLA off, `True` is an error (as `odeint` decides for itself when
+    it sees the tape)."""
+    if options.jit_compile is True:
+        raise ValueError(
+            f"{name}: jit_compile=True cannot be combined with gradient=\"backprop\" under an "
+            "eager GradientTape. Use gradient=\"adjoint\", compile the training step with "
+            "jit_compile=True (model.compile(jit_compile=True)), or pass jit_compile=\"auto\".")
+    if options.jit_compile == "auto":
+        return dataclasses.replace(options, jit_compile=False)
+    return options
 
 
 def split_inputs(inputs, layer, with_mask=False):
@@ -137,7 +159,11 @@ class GraphCall:
     eagerly: the solve's dynamics close over this call's tensors (the
     spline, the observation), which an eagerly compiled solve would capture
     as constants; in a graph they are ordinary tensors. Graph calls (fit,
-    predict, functional models) run inline."""
+    predict, functional models) run inline.
+
+    `forward(*args, recording)` gets whether an eager gradient tape records
+    the call (traced separately for True and False), `None` in graphs.
+    """
 
     def __init__(self, forward):
         self._forward = forward
@@ -145,8 +171,8 @@ class GraphCall:
 
     def __call__(self, *args):
         if tf.executing_eagerly():
-            return self._function(*args)
-        return self._forward(*args)
+            return self._function(*args, record.could_possibly_record())
+        return self._forward(*args, None)
 
 
 __all__ = ["OdeSettings", "split_inputs", "values_shape", "call_sublayer",
