@@ -60,7 +60,7 @@ def test_adjoint_gradients_match_backprop():
     """dL/d(vector field, initial map) by the adjoint and by backprop agree
     (float64, tight tolerances: both approximate the exact gradient to
     ~1e-7)."""
-    times, values = _series(per_sample=False)
+    times, values = _series(batch=3, n=4, per_sample=False)
     field = mlp_field(3, 2, dtype="float64")
     adjoint = keras_node.NeuralCDE(field, 3, dtype="float64", **TIGHT)
     backprop = keras_node.NeuralCDE(field, 3, dtype="float64", gradient="backprop", **TIGHT)
@@ -134,3 +134,4 @@ def test_bad_inputs():
         keras_node.NeuralCDE(ConstantField(3, 2), 3)(values)
     with pytest.raises(ValueError, match=r"\(batch, 3, 2\)"):
         keras_node.NeuralCDE(ConstantField(4, 2), 3)([values, times])
+

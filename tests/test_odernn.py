@@ -26,8 +26,9 @@ def _series(batch=3, n=5, channels=2, seed=0, per_sample=True, dtype="float64"):
     return times, rng.normal(size=(batch, n, channels)).astype(dtype), mask
 
 
-@pytest.mark.parametrize("per_sample", [False, True], ids=["shared_times", "per_sample_times"])
-@pytest.mark.parametrize("gradient", ["backprop", "adjoint"])
+@pytest.mark.parametrize("per_sample, gradient", [(False, "backprop"), (True, "backprop"),
+                                                  (True, "adjoint")],
+                         ids=["shared_times", "per_sample_times", "per_sample_times_adjoint"])
 def test_zero_dynamics_is_keras_rnn(per_sample, gradient):
     """Zero dynamics: the RNN itself, masked steps keeping the state."""
     times, values, mask = _series(per_sample=per_sample, dtype="float32")
@@ -133,3 +134,24 @@ def test_bad_inputs():
         layer([values, times, mask, mask])
     with pytest.raises(ValueError, match="must return dh/dt with the shape of h"):
         keras_node.ODERNN(keras.layers.GRUCell(3), keras.layers.Dense(2))([values, times])
+
+
+@pytest.mark.auto_jit
+def test_eager_tape_with_auto_jit():
+    """Regression (NeuralCDE and ODERNN share the code): backprop under an
+    eager GradientTape with the real `jit_compile="auto"` must keep the
+    solver loops out of XLA (their TensorLists cannot leave it): it failed,
+    and gives the gradients of `jit_compile=False`; `True` is a clear error."""
+    times, values, mask = _series(dtype="float32")
+    cell = keras.layers.GRUCell(3)
+    grads = []
+    for jit_compile in ("auto", False):
+        layer = keras_node.ODERNN(cell, Decay(), jit_compile=jit_compile)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer([values, times, mask]) ** 2)
+        grads.append(tape.gradient(loss, cell.trainable_variables))
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="jit_compile=True cannot be combined"):
+        with tf.GradientTape():
+            keras_node.ODERNN(cell, Decay(), jit_compile=True)([values, times, mask])
