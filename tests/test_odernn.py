@@ -60,6 +60,18 @@ def test_masked_steps_follow_the_dynamics(gradient):
         np.testing.assert_allclose(got[:, i], h, atol=1e-7, rtol=0)
 
 
+def test_nan_at_masked_steps():
+    """Masked observations may be NaN: outputs and gradients stay finite."""
+    times, values, mask = _series(dtype="float32")
+    mask[:, 2] = False
+    values[:, 2] = np.nan
+    layer = keras_node.ODERNN(keras.layers.GRUCell(3), Decay())
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer([values, times, mask]) ** 2)
+    grads = tape.gradient(loss, layer.trainable_variables)
+    assert np.isfinite(loss) and all(np.all(np.isfinite(g)) for g in grads)
+
+
 def test_adjoint_gradients_match_backprop():
     times, values, mask = _series(n=3)
     cell, dynamics = keras.layers.GRUCell(3, dtype="float64"), Decay(0.4, dtype="float64")

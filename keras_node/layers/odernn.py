@@ -158,6 +158,9 @@ class ODERNN(keras.layers.Layer):
 
     def _update(self, h, x, observed):
         """The cell's update of h by the observation x, where observed."""
+        # Unobserved values may be NaN: keep them out of the cell, or the
+        # gradient through tf.where's unused branch would be NaN * 0.
+        x = tf.where(observed[:, None], x, tf.zeros_like(x))
         _, new_states = self.cell(x, [h])
         new_h = tf.cast(tf.nest.flatten(new_states)[0], h.dtype)
         return tf.where(observed[:, None], new_h, h)
