@@ -62,6 +62,7 @@ BALL_DIR = _declare("test_bouncing_ball", "bouncing_ball.py", "--smoke", "--outp
                     "{out}/ball.png")
 STIFF_DIR = _declare("test_stiff_kinetics", "stiff_kinetics.py", "--smoke", "--output",
                      "{out}/stiff.png")
+LATENT_DIR = _declare("test_latent_ode", "latent_ode.py", "--quick", "--output", "{out}/latent.png")
 SPIRALS_DIR = _declare("test_irregular_classification", "irregular_classification.py", "--quick",
                        "--output", "{out}/spirals.png")
 
@@ -131,3 +132,10 @@ def test_irregular_classification():
     for name in ("NeuralCDE", "ODERNN", "GRU"):
         assert re.search(rf"^\| {name} \| \d+\.\d% \| [\d,]+ \| \d+\.\d\d \|", stdout,
                          re.MULTILINE), stdout
+
+
+def test_latent_ode():
+    """The ODE-RNN-encoded latent ODE trains, reports both MSEs and plots."""
+    stdout = run_example("test_latent_ode")
+    assert (LATENT_DIR / "latent.png").stat().st_size > 0
+    assert re.search(r"fit on \[0, 6\] = \d+\.\d+, extrapolation on \(6, 12\] = \d+\.\d+", stdout)
