@@ -40,12 +40,16 @@ def test_zero_dynamics_is_keras_rnn(per_sample, gradient):
     assert not np.allclose(got[:, -1], 0.0, atol=1e-3)
 
 
-@pytest.mark.parametrize("gradient", ["backprop", "adjoint"])
-def test_masked_steps_follow_the_dynamics(gradient):
+@pytest.mark.parametrize("gradient, backward", [("backprop", False), ("adjoint", False),
+                                                ("backprop", True)],
+                         ids=["backprop", "adjoint", "backward_in_time"])
+def test_masked_steps_follow_the_dynamics(gradient, backward):
     """h decays by exp(-rate * gap) between observations and across masked
-    ones; the cell updates only observed steps (reference: the closed form
-    and the cell called step by step)."""
+    ones (grows, for decreasing times); the cell updates only observed
+    steps (reference: the closed form and the cell called step by step)."""
     times, values, mask = _series()
+    if backward:  # a series read from its last observation to its first
+        times = times[:, ::-1].copy()
     mask[:, 0] = [True, False, True]
     cell = keras.layers.SimpleRNNCell(3, dtype="float64")
     layer = keras_node.ODERNN(cell, Decay(0.7, dtype="float64"), return_sequences=True,

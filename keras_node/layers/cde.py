@@ -6,7 +6,7 @@ import tensorflow as tf
 from keras_node.interpolate import CubicSpline
 from keras_node.layers import series
 from keras_node.layers.call_times import takes_time
-from keras_node.options import check_int
+from keras_node.options import check_bool, check_int
 
 
 @keras.saving.register_keras_serializable(package="keras_node")
@@ -74,7 +74,7 @@ class NeuralCDE(keras.layers.Layer):
         self.vector_field = series.check_sublayer(
             vector_field, "vector_field", "z -> a (batch, hidden_size, channels) matrix")
         self.hidden_size = check_int(hidden_size, "hidden_size", 1)
-        self.return_sequences = series.check_bool(return_sequences, "return_sequences")
+        self.return_sequences = check_bool(return_sequences, "return_sequences")
         self.initial = keras.layers.Dense(self.hidden_size, name="initial", dtype=self.dtype_policy)
         self._time_dependent = takes_time(vector_field)
         self._graph_call = series.GraphCall(self._forward)

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from keras_node.layers import series
 from keras_node.layers.call_times import takes_time
+from keras_node.options import check_bool
 
 
 @keras.saving.register_keras_serializable(package="keras_node")
@@ -68,7 +69,7 @@ class ODERNN(keras.layers.Layer):
         self.cell = series.check_sublayer(cell, "cell", "an RNN cell such as GRUCell")
         self.dynamics = series.check_sublayer(dynamics, "dynamics", "h -> dh/dt")
         self.units = _state_size(cell)
-        self.return_sequences = series.check_bool(return_sequences, "return_sequences")
+        self.return_sequences = check_bool(return_sequences, "return_sequences")
         self._time_dependent = takes_time(dynamics)
         self._graph_call = series.GraphCall(self._forward)
 

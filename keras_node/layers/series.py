@@ -19,7 +19,7 @@ from tensorflow.python.eager import record
 from keras_node.adjoint import solve_adjoint
 from keras_node.layers.call_times import time_dtype
 from keras_node.odeint import solve
-from keras_node.options import AdjointOptions, SolverOptions, check_bool, check_choice
+from keras_node.options import AdjointOptions, SolverOptions, check_choice
 
 GRADIENT_MODES = ("adjoint", "backprop")
 _SOLVER_NAMES = ("method", "rtol", "atol", "first_step", "step_size", "max_num_steps",
@@ -176,4 +176,4 @@ class GraphCall:
 
 
 __all__ = ["OdeSettings", "split_inputs", "values_shape", "call_sublayer",
-           "deserialize_sublayer", "check_sublayer", "GraphCall", "check_bool"]
+           "deserialize_sublayer", "check_sublayer", "GraphCall"]
