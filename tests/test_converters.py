@@ -104,3 +104,18 @@ def test_exported_ode_layer_converts_to_onnx(method, dynamics, tmp_path):
     for batch in (1, 7):
         x = np.random.default_rng(batch).normal(size=(batch,) + model.input_shape[1:]).astype("float32")
         np.testing.assert_allclose(session.run(None, {name: x})[0], model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_keras_export_format_onnx(tmp_path):
+    """Keras' own `model.export(path, format="onnx")` (it uses tf2onnx),
+    for a model that has been called once, as Keras requires."""
+    pytest.importorskip("tf2onnx", reason="the [export] extra installs tf2onnx")
+    onnxruntime = pytest.importorskip("onnxruntime", reason="the [export] extra installs onnxruntime")
+    model = _ode_model("dopri5", "mlp", jit_compile=False)
+    model.predict(np.zeros((2, 3), "float32"), verbose=0)
+    model.export(str(tmp_path / "model.onnx"), format="onnx", verbose=False)
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
+    name = session.get_inputs()[0].name
+    for batch in (1, 7):
+        x = np.random.default_rng(batch).normal(size=(batch, 3)).astype("float32")
+        np.testing.assert_allclose(session.run(None, {name: x})[0], model.predict(x, verbose=0), atol=1e-5)
