@@ -35,7 +35,9 @@ never interfere), torch on 1 thread (see ``peers.run_torchdiffeq``):
   the path a user's ``fit`` takes (one ``train_function`` call per step);
   ``model.compile`` with its default ``jit_compile="auto"``, which Keras
   resolves to False on a CPU-only machine (printed); ``keras_node_xla``: the
-  same with ``model.compile(jit_compile=True)`` (whole step under XLA).
+  same with ``model.compile(jit_compile=True)`` (whole step under XLA). The
+  rows ``.../train_function`` time the compiled step ``train_on_batch``
+  calls, alone (the cost of Keras' per-call Python is the difference).
 - torchdiffeq: ``odeint_adjoint(..., adjoint_options=dict(norm="seminorm"))``
   (keras_node's default seminorm), backward tolerances = forward ones (both
   libraries' default), ``torch.optim.Adam``.
@@ -214,7 +216,13 @@ def keras_variables(model, net, ode):
 
 
 def run_keras(model, warmup, repeats, jit_compile="auto"):
-    """Time ``model.train_on_batch`` of the Keras model; NFE from the ODELayer."""
+    """Time ``model.train_on_batch`` of the Keras model, then the compiled
+    ``model.train_function`` it calls, alone; NFE from the ODELayer.
+
+    Returns two rows: train_on_batch (what a user's loop pays per step) and
+    ``/train_function`` (the same compiled step without train_on_batch's
+    Python: metric reset, data checks, conversion of the logs).
+    """
     import keras
     import tensorflow as tf
 
@@ -233,11 +241,20 @@ def run_keras(model, warmup, repeats, jit_compile="auto"):
     def step():
         return net.train_on_batch(x, y)  # returns Python floats: blocks
 
-    first, first_ms, median_ms, min_ms = time_steps(step, reset, warmup, repeats)
-    return {"first_loss": float(np.ravel(first)[0]), "first_ms": first_ms, "median_ms": median_ms,
-            "min_ms": min_ms, "nfe_forward": ode.nfe_forward, "nfe_backward": ode.nfe_backward,
-            "variant": f"train_on_batch, compile(jit_compile={jit_compile!r}) -> "
-                       f"model.jit_compile={net.jit_compile}"}
+    def function_step():  # the batch as train_on_batch passes it: no retracing
+        return float(net.train_function([(x, y, None)])["loss"])
+
+    rows = []
+    for label, fn in (("", step), ("/train_function", function_step)):
+        first, first_ms, median_ms, min_ms = time_steps(fn, reset, warmup, repeats)
+        rows.append({"label": label, "first_loss": float(np.ravel(first)[0]), "first_ms": first_ms,
+                     "median_ms": median_ms, "min_ms": min_ms, "nfe_forward": ode.nfe_forward,
+                     "nfe_backward": ode.nfe_backward,
+                     "variant": f"{'train_on_batch' if not label else 'train_function'}, "
+                                f"compile(jit_compile={jit_compile!r}) -> "
+                                f"model.jit_compile={net.jit_compile}"})
+    rows[1]["first_loss"] = None  # the loss tracker's running mean, not the step's loss
+    return rows
 
 
 # --- torch + torchdiffeq -----------------------------------------------------------
@@ -459,6 +476,10 @@ RUNNERS = {"keras_node": run_keras, "keras_node_xla": lambda m, w, r: run_keras(
 
 # --- report ---------------------------------------------------------------------
 
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
 def results_table(rows):
     """One markdown row per (model, library)."""
     lines = ["| model | library | median ms / step | min ms | first step ms | NFE fwd | NFE bwd "
@@ -469,7 +490,7 @@ def results_table(rows):
             continue
         lines.append(f"| {r['model']} | {r['library']} | {r['median_ms']:.2f} | {r['min_ms']:.2f} "
                      f"| {r['first_ms']:.0f} | {r['nfe_forward']} | {r['nfe_backward']} "
-                     f"| {r['first_loss']:.6f} | {r['variant']} |")
+                     f"| {_fmt(r['first_loss'], '.6f')} | {r['variant']} |")
     return "\n".join(lines)
 
 
@@ -477,8 +498,9 @@ def ratio_table(rows):
     """keras_node (and keras_node_xla) median / each peer's, against the targets."""
     by = {(r["model"], r["library"]): r for r in rows if "error" not in r}
     lines = ["| model | keras_node variant | peer | ratio | target | met |", "|---|---|---|---|---|---|"]
+    mine_labels = list(dict.fromkeys(r["library"] for r in rows if r["library"].startswith("keras_node")))
     for model in MODELS:
-        for mine in ("keras_node", "keras_node_xla"):
+        for mine in mine_labels:
             for peer in PEERS:
                 a, b = by.get((model, mine)), by.get((model, peer))
                 if a and b:
@@ -503,7 +525,9 @@ def main(argv=None):
         warmup, steps = STEPS[args.model]
         warmup = warmup if args.warmup is None else args.warmup
         steps = steps if args.steps is None else args.steps
-        print("@@ROW " + json.dumps(RUNNERS[args.worker](args.model, warmup, steps)), flush=True)
+        rows = RUNNERS[args.worker](args.model, warmup, steps)
+        for row in rows if isinstance(rows, list) else [rows]:
+            print("@@ROW " + json.dumps(row), flush=True)
         return 0
     print(f"# One training step\n\n{peers.machine_info()}\n", flush=True)
     rows = []
@@ -519,14 +543,16 @@ def main(argv=None):
             except subprocess.TimeoutExpired:
                 row["error"] = f"timed out after {WORKER_TIMEOUT_S} s"
             else:
-                found = [line for line in proc.stdout.splitlines() if line.startswith("@@ROW ")]
-                if found:
-                    row.update(json.loads(found[-1][6:]))
-                else:
+                found = [json.loads(line[6:]) for line in proc.stdout.splitlines()
+                         if line.startswith("@@ROW ")]
+                for extra in found:
+                    rows.append(dict(row, library=lib + extra.pop("label", ""), **extra))
+                if not found:
                     tail = [line for line in proc.stderr.splitlines() if line.strip()][-3:]
                     row["error"] = "failed: " + " / ".join(tail)
+            if "error" in row:
+                rows.append(row)
             print(f"[{model} {lib}: {time.perf_counter() - started:.0f} s]", file=sys.stderr, flush=True)
-            rows.append(row)
     print(results_table(rows))
     print("\nRatios of medians (< 1: keras_node faster), against issue 20's targets:\n")
     print(ratio_table(rows))
