@@ -50,7 +50,8 @@ never interfere), torch on 1 thread (see ``peers.run_torchdiffeq``):
 All Adams use beta1 0.9, beta2 0.999, eps 1e-7 (Keras' default eps).
 
 Usage (repository root; peers from benchmarks/requirements.txt):
-    python benchmarks/train_step.py                      # both models, all libraries
+    python benchmarks/train_step.py --processes 3        # both models, all libraries
+    python benchmarks/train_step.py                      # one process per library
     python benchmarks/train_step.py --models quickstart --libraries keras_node,torchdiffeq
     python benchmarks/train_step.py --steps 20 --warmup 5   # quicker, noisier
 """
@@ -476,6 +477,25 @@ RUNNERS = {"keras_node": run_keras, "keras_node_xla": lambda m, w, r: run_keras(
 
 # --- report ---------------------------------------------------------------------
 
+def merge_processes(rows):
+    """One row per (model, library): the median of the processes' medians,
+    the min of their mins, each process's median kept in ``process_medians``."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["library"]), []).append(r)
+    merged = []
+    for group in groups.values():
+        ok = [r for r in group if "error" not in r]
+        row = dict(ok[0] if ok else group[0])
+        if ok:
+            row["process_medians"] = [r["median_ms"] for r in ok]
+            row["median_ms"] = statistics.median(row["process_medians"])
+            row["min_ms"] = min(r["min_ms"] for r in ok)
+            row["first_ms"] = statistics.median(r["first_ms"] for r in ok)
+        merged.append(row)
+    return merged
+
+
 def _fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
@@ -518,6 +538,10 @@ def main(argv=None):
     ap.add_argument("--libraries", default=",".join(LIBRARIES))
     ap.add_argument("--warmup", type=int, help="untimed steps after the first (default: per model)")
     ap.add_argument("--steps", type=int, help="timed steps (default: per model)")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="run every worker this many times, round-robin over the libraries "
+                         "(load bursts on a shared machine spread over all of them); report the "
+                         "median of the per-process medians")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -531,8 +555,9 @@ def main(argv=None):
         return 0
     print(f"# One training step\n\n{peers.machine_info()}\n", flush=True)
     rows = []
-    for model in args.models.split(","):
-        for lib in args.libraries.split(","):
+    jobs = [(model, lib) for model in args.models.split(",") for lib in args.libraries.split(",")]
+    for _ in range(args.processes):
+        for model, lib in jobs:
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", lib, "--model", model]
             cmd += [] if args.warmup is None else ["--warmup", str(args.warmup)]
             cmd += [] if args.steps is None else ["--steps", str(args.steps)]
@@ -553,7 +578,14 @@ def main(argv=None):
             if "error" in row:
                 rows.append(row)
             print(f"[{model} {lib}: {time.perf_counter() - started:.0f} s]", file=sys.stderr, flush=True)
+    rows = merge_processes(rows)
     print(results_table(rows))
+    if args.processes > 1:
+        print("\nPer-process medians (ms):\n")
+        for r in rows:
+            if "process_medians" in r:
+                print(f"- {r['model']} {r['library']}: "
+                      + ", ".join(f"{m:.2f}" for m in r["process_medians"]))
     print("\nRatios of medians (< 1: keras_node faster), against issue 20's targets:\n")
     print(ratio_table(rows))
     print(f"\nload average at end: {peers.load_average()}")
