@@ -31,8 +31,9 @@ agree across libraries (the check that the models are the same).
 Each library runs in its own worker subprocess (thread pools and JIT caches
 never interfere), torch on 1 thread (see ``peers.run_torchdiffeq``):
 
-- keras_node: ``model.train_on_batch(x, y)`` on a fixed batch (tf tensors),
-  the path a user's ``fit`` takes (one ``train_function`` call per step);
+- keras_node: ``model.train_on_batch(x, y)`` on a fixed batch (tf tensors):
+  Keras' compiled train step, the one ``fit`` runs (``fit`` reaches it
+  through a ``tf.data`` iterator, ``train_on_batch`` directly);
   ``model.compile`` with its default ``jit_compile="auto"``, which Keras
   resolves to False on a CPU-only machine (printed); ``keras_node_xla``: the
   same with ``model.compile(jit_compile=True)`` (whole step under XLA). The
