@@ -17,6 +17,7 @@ from keras_node.options import DEFAULT_CHECKPOINTS as DEFAULT_CHECKPOINTS  # noq
 from keras_node.adjoint import AdjointStats as AdjointStats  # noqa: E402
 from keras_node.adjoint import odeint_adjoint as odeint_adjoint  # noqa: E402
 from keras_node.odeint import odeint as odeint  # noqa: E402
+from keras_node.divergence import divergence as divergence  # noqa: E402
 from keras_node.events import odeint_event as odeint_event  # noqa: E402
 from keras_node.layers.ode_layer import ODELayer as ODELayer  # noqa: E402
 from keras_node import dynamics as dynamics  # noqa: E402
@@ -33,6 +34,7 @@ __all__ = [
     "ODELayer",
     "callbacks",
     "check_gradients",
+    "divergence",
     "dynamics",
     "odeint",
     "odeint_adjoint",
