@@ -8,9 +8,11 @@ import tensorflow as tf
 from keras_node.adjoint import solve_adjoint
 from keras_node.layers.call_times import check_call_time_rank, config_times, takes_time, time_dtype
 from keras_node.layers.counters import Counters
+from keras_node.layers.regularized import Regularization, augment, augmented_shape, time_direction
 from keras_node.odeint import solve
-from keras_node.options import (DEFAULT_CHECKPOINTS, AdjointOptions, SolverOptions, check_bool,
-                                check_choice)
+from keras_node.options import (DEFAULT_CHECKPOINTS, AdjointOptions, ModelOptions, SolverOptions,
+                                check_bool, check_choice)
+from keras_node.regularizers import Layout
 
 GRADIENT_MODES = ("adjoint", "backprop")
 
@@ -104,7 +106,8 @@ class ODELayer(keras.layers.Layer):
         gradient="adjoint", return_sequences=False, first_step=None, step_size=None,
         max_num_steps=10_000, adjoint_method=None, adjoint_rtol=None, adjoint_atol=None,
         adjoint_seminorm=True, adjoint_checkpoints=DEFAULT_CHECKPOINTS, jit_compile="auto",
-        per_sample_steps=False, max_step=None, step_times=None, jump_times=None, **kwargs,
+        per_sample_steps=False, max_step=None, step_times=None, jump_times=None,
+        regularizers=None, augment_dim=0, **kwargs,
     ):
         super().__init__(**kwargs)
         if not isinstance(dynamics, keras.layers.Layer):
@@ -126,13 +129,26 @@ class ODELayer(keras.layers.Layer):
         )
         self.gradient = check_choice(gradient, "gradient", GRADIENT_MODES)
         self.return_sequences = check_bool(return_sequences, "return_sequences")
+        self.model_options = ModelOptions(regularizers=regularizers, augment_dim=augment_dim)
+        layout = Layout(terms=self.model_options.terms)
+        self._regularization = Regularization(self, regularizers, layout)
         self._time_dependent = takes_time(dynamics)
         self._counters = None
+
+    @property
+    def augment_dim(self):
+        """Zero channels appended to the last axis (Dupont et al. 2019)."""
+        return self.model_options.augment_dim
+
+    @property
+    def regularizers(self):
+        """The regulariser weights, as given (None or a dict)."""
+        return self.model_options.regularizers
 
     # -- building -----------------------------------------------------------
 
     def build(self, input_shape):
-        input_shape = tuple(input_shape)
+        input_shape = augmented_shape(input_shape, self.augment_dim)
         if not self.dynamics.built:
             self.dynamics.build(input_shape)
         output = self._dynamics_output_spec(input_shape)
@@ -164,7 +180,7 @@ class ODELayer(keras.layers.Layer):
         return self.dynamics.compute_output_spec(spec)
 
     def compute_output_shape(self, inputs_shape, t_shape=None):
-        input_shape = tuple(inputs_shape)
+        input_shape = augmented_shape(inputs_shape, self.augment_dim)
         if t_shape is not None:
             check_call_time_rank(len(t_shape), self.per_sample_steps, t_shape)
         if not self.return_sequences:
@@ -200,20 +216,38 @@ class ODELayer(keras.layers.Layer):
             times = t
             if getattr(t, "shape", None) is not None and t.shape.rank is not None:
                 check_call_time_rank(t.shape.rank, self.per_sample_steps, t.shape)
-        name = f"ODELayer {self.name!r}"
-        if self.gradient == "adjoint":
-            ys, stats = solve_adjoint(
-                self._call_dynamics, inputs, times, self.options, self.adjoint_options,
-                variables=self.dynamics.trainable_variables,
-                backward_stats=self._counters.backward, name=name,
-            )
-        else:
-            ys, stats = solve(self._call_dynamics, inputs, times, self.options, name=name)
-        ys = self._counters.record_forward(ys, stats)
+        ys = self._solve(augment(inputs, self.augment_dim), times, training)
         if not self.return_sequences:
             return ys[-1]
         rank = len(ys.shape)
         return tf.transpose(ys, [1, 0] + list(range(2, rank)))
+
+    def _solve(self, h0, times, training):
+        """The solve, with the regularisers' states when there are any
+        (their losses and metrics reported); returns h at every time."""
+        layout = self._regularization.layout
+        regularized = bool(layout.terms) and bool(training)
+        func, y0, options = self._call_dynamics, h0, self.options
+        if regularized:
+            func, options = self._call_regularized, dataclasses.replace(
+                options, norm_leaves=layout.norm_leaves)
+            y0 = layout.initial_state(h0, self._regularization.probe(h0))
+        name = f"ODELayer {self.name!r}"
+        if self.gradient == "adjoint":
+            ys, stats = solve_adjoint(
+                func, y0, times, options, self.adjoint_options,
+                variables=self.dynamics.trainable_variables,
+                backward_stats=self._counters.backward, name=name,
+            )
+        else:
+            ys, stats = solve(func, y0, times, options, name=name)
+        if regularized:
+            ys, _, integrals = layout.split(ys, time_direction(times, h0.dtype))
+            self._regularization.report(integrals)
+        return self._counters.record_forward(ys, stats)
+
+    def _call_regularized(self, t, state):
+        return self._regularization.layout.dynamics(self._call_dynamics)(t, state)
 
     def _uses_loss_scaling(self):
         # float16 has a narrow range, so Keras trains it with a loss-scale
@@ -245,6 +279,7 @@ class ODELayer(keras.layers.Layer):
             dynamics=keras.saving.serialize_keras_object(self.dynamics), t=list(self.t),
             gradient=self.gradient, return_sequences=self.return_sequences,
             **self.options.to_config(), **self.adjoint_options.to_config(),
+            **self.model_options.to_config(),
         )
         config["per_sample_steps"] = config.pop("batch_axis") == 0
         return config
