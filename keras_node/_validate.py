@@ -193,8 +193,8 @@ def check_regularizers(value, name="regularizers"):
         if key not in REGULARIZER_KEYS:
             raise ValueError(f"{name} must be {expected}; unknown key {key!r}. {_received(name, value)}")
         if isinstance(weight, bool) or not isinstance(weight, (numbers.Real, np.generic)):
-            raise TypeError(f"{name}[{key!r}] must be a non-negative number. "
-                            f"{_received_type(f'{name}[{key!r}]', weight)}")
+            raise TypeError(f"{name}[{key!r}] must be a non-negative number, not a "
+                            f"{type(weight).__name__}. {_received(name, value)}")
         if not np.isfinite(weight) or weight < 0:
             raise ValueError(f"{name}[{key!r}] must be a finite number >= 0. "
                              f"{_received(name, value)}")

@@ -8,6 +8,7 @@ import tensorflow as tf
 from keras_node.adjoint import solve_adjoint
 from keras_node.layers.call_times import check_call_time_rank, config_times, takes_time, time_dtype
 from keras_node.layers.counters import Counters
+from keras_node.layers.dynamics_check import build_and_check_dynamics
 from keras_node.layers.regularized import Regularization, augment, augmented_shape, time_direction
 from keras_node.odeint import solve
 from keras_node.options import (DEFAULT_CHECKPOINTS, AdjointOptions, ModelOptions, SolverOptions,
@@ -59,6 +60,14 @@ class ODELayer(keras.layers.Layer):
             dynamics then get `t` shaped `(batch, 1, ..., 1)`.
         max_step, step_times, jump_times: step constraints of adaptive
             methods, see `keras_node.odeint`.
+        regularizers: None or `{"kinetic" | "jacobian_frobenius" |
+            "taylor2": weight >= 0}` (RNODE, `keras_node.regularizers`):
+            in training, per-sample integrals along the same solve, left
+            out of error control; `weight * batch mean` is added with
+            `add_loss` and each term logged as the metric `reg_<key>`.
+            Zero weights compute nothing.
+        augment_dim: k >= 0 zero channels appended to the last axis before
+            the solve and kept in the output (Dupont et al. 2019).
         **kwargs: standard Keras layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -66,14 +75,15 @@ class ODELayer(keras.layers.Layer):
         t: optional 1-D tensor of times overriding the configured `t` for
             this call (e.g. irregularly sampled series); with
             `per_sample_steps=True` also `(batch, n)`, a row per sample.
-        training: passed through to nothing; accepted for Keras symmetry.
+        training: in training the regularisers (if any) are integrated
+            and their losses added; otherwise the plain solve runs.
 
     Input shape:
         `(batch, ...)`, any rank.
 
     Output shape:
-        Same as the input, or `(batch, len(t), ...)` with
-        `return_sequences=True`.
+        Same as the input (last axis + `augment_dim`), or
+        `(batch, len(t), ...)` with `return_sequences=True`.
 
     Attributes:
         nfe_forward, nfe_backward: function evaluations of the last forward
@@ -98,6 +108,11 @@ class ODELayer(keras.layers.Layer):
     ])
     model.compile("adam", "mse")
     model.fit(x, y, callbacks=[keras_node.callbacks.NFELogger()])
+
+    # Regularised (fewer function evaluations as training goes on) and
+    # augmented by 2 zero channels (output (batch, 4)):
+    keras_node.ODELayer(keras_node.dynamics.MLP(units=(64,)), augment_dim=2,
+                        regularizers={"kinetic": 0.01, "jacobian_frobenius": 0.01})
     ```
     """
 
@@ -148,36 +163,14 @@ class ODELayer(keras.layers.Layer):
     # -- building -----------------------------------------------------------
 
     def build(self, input_shape):
-        input_shape = augmented_shape(input_shape, self.augment_dim)
-        if not self.dynamics.built:
-            self.dynamics.build(input_shape)
-        output = self._dynamics_output_spec(input_shape)
-        if not hasattr(output, "shape"):
-            raise ValueError(
-                "The dynamics of an ODELayer must return a single tensor dh/dt with the shape of "
-                f"h {input_shape}. Received: a {type(output).__name__} from "
-                f"{self.dynamics.name!r}: {output!r}"
-            )
-        output_shape = output.shape
-        if tuple(output_shape) != input_shape:
-            raise ValueError(
-                "The dynamics of an ODELayer must return dh/dt with the shape of h. "
-                f"Input shape: {input_shape}; dynamics output shape: {tuple(output_shape)}. "
-                f"Check the last layer of {self.dynamics.name!r} (its width must equal the "
-                "state's last dimension)."
-            )
+        build_and_check_dynamics(self.dynamics, augmented_shape(input_shape, self.augment_dim),
+                                 self.compute_dtype, self._time_dependent)
         self._counters = Counters(self)
         if self._uses_loss_scaling():
             # Loss scaling expects overflowing gradients now and then and
             # lowers its scale: a non-finite backward pass gives NaN gradients.
             self.adjoint_options = dataclasses.replace(self.adjoint_options,
                                                        nonfinite_gradients="nan")
-
-    def _dynamics_output_spec(self, input_shape):
-        spec = keras.KerasTensor(input_shape, dtype=self.compute_dtype)
-        if self._time_dependent:
-            return self.dynamics.compute_output_spec(spec, t=keras.KerasTensor((), dtype=self.compute_dtype))
-        return self.dynamics.compute_output_spec(spec)
 
     def compute_output_shape(self, inputs_shape, t_shape=None):
         input_shape = augmented_shape(inputs_shape, self.augment_dim)
