@@ -1,7 +1,7 @@
 """keras_node: Neural ODE layers for Keras 3 and TensorFlow.
 
-Public API: `odeint`, `odeint_adjoint`, `ODELayer`, `METHODS`, and the
-`dynamics` and `callbacks` modules. See the README and API.md.
+Public API: `odeint`, `odeint_adjoint`, `ODELayer`, `CNF`, `divergence`,
+`METHODS`, and the `dynamics` and `callbacks` modules. See the README and API.md.
 """
 
 import keras as _keras
@@ -20,6 +20,7 @@ from keras_node.odeint import odeint as odeint  # noqa: E402
 from keras_node.divergence import divergence as divergence  # noqa: E402
 from keras_node.events import odeint_event as odeint_event  # noqa: E402
 from keras_node.layers.ode_layer import ODELayer as ODELayer  # noqa: E402
+from keras_node.layers.cnf import CNF as CNF  # noqa: E402
 from keras_node import dynamics as dynamics  # noqa: E402
 from keras_node import callbacks as callbacks  # noqa: E402
 from keras_node.diagnostics import check_gradients as check_gradients  # noqa: E402
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdjointStats",
+    "CNF",
     "DEFAULT_CHECKPOINTS",
     "METHODS",
     "ODELayer",
