@@ -78,9 +78,13 @@ def with_vjp(func, t, y):
 def replicate(x, copies):
     """Each sample of `x` (and of a per-sample `t`) `copies` times in a row:
     row `b * copies + r` is sample b."""
-    if x.shape.rank == 0:
+    if copies == 1 or x.shape.rank == 0:
         return x
-    return tf.repeat(x, copies, axis=0)
+    # A reshape of a broadcast rather than tf.repeat: its gradient needs no
+    # run-time shapes, which XLA could not compile.
+    shape = tf.shape(x)
+    tiled = tf.broadcast_to(x[:, None], tf.concat([shape[:1], [copies], shape[1:]], 0))
+    return tf.reshape(tiled, tf.concat([[shape[0] * copies], shape[1:]], 0))
 
 
 def first_copy(x, copies):

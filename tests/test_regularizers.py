@@ -154,12 +154,12 @@ def test_gradients_adjoint_backprop_and_central_differences():
     np.testing.assert_allclose(adjoint, central, atol=1e-7)
 
 
-def test_fit_reports_each_term_and_config_round_trips():
+def test_fit_under_xla_reports_each_term_and_config_round_trips():
     x = np.random.default_rng(2).normal(size=(16, 2)).astype("float32")
     layer = keras_node.ODELayer(keras_node.dynamics.MLP(units=(8,), final_initializer="glorot_uniform"),
                                 regularizers={"kinetic": 0.1, "jacobian_frobenius": 0.2})
     model = keras.Sequential([keras.Input((2,)), layer, keras.layers.Dense(1)])
-    model.compile("adam", "mse")
+    model.compile("adam", "mse", jit_compile=True)  # the regularised solve under XLA
     logs = model.fit(x, x[:, :1], epochs=1, batch_size=16, verbose=0).history
     assert logs["reg_kinetic"][0] > 0 and logs["reg_jacobian_frobenius"][0] > 0
     mse = float(np.mean((model.predict(x, verbose=0) - x[:, :1]) ** 2))
