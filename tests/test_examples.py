@@ -62,6 +62,7 @@ BALL_DIR = _declare("test_bouncing_ball", "bouncing_ball.py", "--smoke", "--outp
                     "{out}/ball.png")
 STIFF_DIR = _declare("test_stiff_kinetics", "stiff_kinetics.py", "--smoke", "--output",
                      "{out}/stiff.png")
+CNF_DIR = _declare("test_cnf_toy", "cnf_toy.py", "--smoke", "--output", "{out}/cnf.png")
 
 
 def test_spiral():
@@ -119,3 +120,12 @@ def test_stiff_kinetics():
     assert len(losses) == 2 and losses[-1] < losses[0], stdout
     assert len(re.findall(r"k\d: fitted", stdout)) == 3
     assert output.exists() and output.stat().st_size > 0
+
+
+def test_cnf_toy():
+    """The CNF trains with and without regularisers, reports NLL against the
+    entropy and NFE, and writes its figure."""
+    stdout = run_example("test_cnf_toy")
+    assert (CNF_DIR / "cnf.png").stat().st_size > 0
+    assert re.search(r"8gaussians: test NLL \d+\.\d+ nats \(entropy 2\.838, gap -?\d+\.\d+\)", stdout), stdout
+    assert re.search(r"regularised .* test NLL \d+\.\d+ nats; mean NFE per iteration \d+", stdout), stdout
