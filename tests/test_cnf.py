@@ -113,6 +113,7 @@ def test_fit_evaluate_save_load_and_switch_trace(tmp_path):
     loaded.trace = "exact"
     np.testing.assert_array_equal(loaded.log_prob(x[:8]).numpy(), exact)
     assert loaded.sample(5, seed=0).shape == (5, D)
+    assert tuple(loaded(keras.Input((D,))).shape) == (None,)  # symbolic: shape only
 
 
 def test_bad_arguments():

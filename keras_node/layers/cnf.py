@@ -68,10 +68,15 @@ class CNF(keras.Model):
         `fit(x)` with no loss argument train by maximum likelihood and
         `evaluate(x)` reports the NLL in nats as `loss`.
 
+    Build the model (or call it on data) before `fit`: the solver's
+    `jit_compile="auto"` check then sees initialised weights (on a model
+    that Keras builds inside `fit` it warns and runs without XLA).
+
     Example:
 
     ```python
     cnf = keras_node.CNF(keras_node.dynamics.MLP(units=(64, 64)))
+    cnf.build((None, 2))
     cnf.compile(keras.optimizers.Adam(1e-3))
     cnf.fit(x, epochs=10, batch_size=256)      # x: (n, 2) data
     nll = -cnf.log_prob(x_test).numpy().mean()
@@ -168,6 +173,12 @@ class CNF(keras.Model):
         log_prob = self._log_prob(tf.convert_to_tensor(inputs), bool(training))
         self.add_loss(-tf.reduce_mean(log_prob))
         return log_prob
+
+    def compute_output_spec(self, inputs, training=None):
+        # Keras' symbolic build (fit on an unbuilt model) needs only the
+        # shape: no solve on placeholders, whose variables are not yet
+        # initialised (the XLA probe of the solve would fail on them).
+        return keras.KerasTensor(tuple(inputs.shape[:1]), dtype=self.compute_dtype)
 
     def log_prob(self, x):
         """`log p(x)` in nats, shape `(batch,)` (evaluation mode: the
