@@ -21,10 +21,11 @@ ALL = {"kinetic": 1.0, "jacobian_frobenius": 1.0, "taylor2": 1.0}
 TIGHT = 1e-10  # solver rtol = atol; closed forms are checked to 1e-7
 
 
-def _linear_layer(regularizers, t=(0.0, T), gradient="backprop", kernel=K):
+def _linear_layer(regularizers, t=(0.0, T), gradient="backprop", kernel=K, per_sample_steps=False):
     dynamics = keras.layers.Dense(D, use_bias=False, dtype="float64")
     layer = keras_node.ODELayer(dynamics, t=t, rtol=TIGHT, atol=TIGHT, gradient=gradient,
-                                regularizers=regularizers, dtype="float64")
+                                regularizers=regularizers, dtype="float64",
+                                per_sample_steps=per_sample_steps)
     layer.build((None, D))
     dynamics.kernel.assign(kernel)
     return layer
@@ -40,9 +41,11 @@ def _losses(layer):
     return [float(x) for x in layer.losses]
 
 
-@pytest.mark.parametrize("t", [(0.0, T), (T, 0.0)], ids=["forward", "backward"])
-def test_kinetic_and_taylor2_equal_closed_forms(t):
-    layer = _linear_layer({"kinetic": 1.0, "taylor2": 2.0}, t=t)
+@pytest.mark.parametrize("t, per_sample_steps", [((0.0, T), False), ((T, 0.0), False),
+                                                 ((0.0, T), True)],
+                         ids=["forward", "backward", "per_sample_steps"])
+def test_kinetic_and_taylor2_equal_closed_forms(t, per_sample_steps):
+    layer = _linear_layer({"kinetic": 1.0, "taylor2": 2.0}, t=t, per_sample_steps=per_sample_steps)
     layer(H0, training=True)
 
     def state(s):  # h at time s, from h(t0) = H0
