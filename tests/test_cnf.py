@@ -127,3 +127,21 @@ def test_bad_arguments():
         keras_node.CNF(keras_node.dynamics.MLP(), regularizers={"speed": 1.0})
     with pytest.raises(ValueError, match="event shape"):
         keras_node.CNF(keras_node.dynamics.MLP()).sample(3)
+
+
+def test_hutchinson_trace_and_frobenius_share_one_probe():
+    # One sample, f = z W: the log-density is off by T (e^T W e - tr W) and
+    # the Frobenius term is T mean((W e)^2) for the *same* probe e.
+    dynamics = keras.layers.Dense(D, use_bias=False, dtype="float64")
+    cnf = keras_node.CNF(dynamics, trace="hutchinson", rtol=TIGHT, atol=TIGHT, dtype="float64",
+                         regularizers={"jacobian_frobenius": 1.0})
+    cnf.build((None, D))
+    dynamics.kernel.assign(W)
+    for _ in range(4):
+        log_prob = cnf(X[:1], training=True).numpy()
+        frobenius = float(cnf.losses[0])  # the regulariser first, then the NLL
+        error = log_prob[0] - _closed_form(X[:1], 0.0, 1.0)[0]
+        matches = [e for e in itertools.product((-1.0, 1.0), repeat=D)
+                   if abs(np.dot(e, W @ e) - np.trace(W) - error) < 1e-6
+                   and abs(np.mean((W @ np.array(e)) ** 2) - frobenius) < 1e-6]
+        assert matches, (error, frobenius)
