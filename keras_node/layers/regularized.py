@@ -44,7 +44,8 @@ class Regularization:
     def __init__(self, layer, weights, layout):
         self.weights, self.layout = dict(weights or {}), layout
         layer._reg_metrics = [keras.metrics.Mean(name=f"reg_{term}") for term in layout.terms]
-        layer._probe_seed = keras.random.SeedGenerator(0) if layout.probe else None
+        # Unseeded: drawn from Keras' global seed (keras.utils.set_random_seed).
+        layer._probe_seed = keras.random.SeedGenerator() if layout.probe else None
         self.layer = layer
 
     def probe(self, h):
