@@ -62,6 +62,86 @@ def mlp_rows(repeats):
     return rows
 
 
+def _per_sample_backward(problem, params, y_final, T, rtol, atol):
+    """The adjoint's backward solve with its own steps per sample: the
+    augmented state [z, a, dL/dtheta] of every sample, the parameter
+    gradient per sample (per-example VJPs by `tf.vectorized_map`), solved
+    by `odeint(batch_axis=0)` in reversed time s = T - t (full error norm)
+    and summed over the samples at the end. Returns (gradients, stats)."""
+    names = list(params)
+    thetas = [tf.convert_to_tensor(params[k]) for k in names]
+
+    def per_example_vjp(args):
+        z, a = args
+        with tf.GradientTape() as tape:
+            tape.watch(thetas)
+            f = peers.tf_field(problem, dict(zip(names, thetas)))(0.0, z[None])
+        return tape.gradient(f, thetas, output_gradients=a[None])
+
+    field = peers.tf_field(problem, dict(zip(names, thetas)))
+
+    def augmented(s, state):
+        z, a, _ = state
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            f = field(T - s, z)
+        return -f, tape.gradient(f, z, output_gradients=a), tuple(tf.vectorized_map(per_example_vjp, (z, a)))
+
+    start = (y_final, 2.0 * y_final, tuple(tf.zeros((y_final.shape[0],) + t.shape, t.dtype) for t in thetas))
+    ys, stats = keras_node.odeint(augmented, start, [0.0, T], rtol=rtol, atol=atol, batch_axis=0,
+                                  return_stats=True)
+    return [tf.reduce_sum(g[-1], axis=0) for g in ys[2]], stats
+
+
+def backward_rows(repeats):
+    """Joint vs per-sample backward solve of the adjoint, after a per-sample
+    forward, loss sum(z(T)^2): (problem, [(label, ms, backward NFE, largest
+    gradient error relative to backprop through a tight solve)])."""
+    rows = []
+    for name in ("mlp", "mlp_contractive"):
+        problem = get_problem(name)
+        params = {k: tf.Variable(v) for k, v in problem.params_as("float32").items()}
+        field = peers.tf_field(problem, params)
+        y0 = tf.constant(problem.y0_as("float32"))
+        T = float(problem.default_T)
+        tol = dict(rtol=1e-5, atol=1e-7)
+        stats = keras_node.AdjointStats()
+
+        @tf.function(autograph=False)
+        def joint(y0, seminorm, checkpoints):
+            with tf.GradientTape() as tape:
+                ys = keras_node.odeint_adjoint(field, y0, [0.0, T], batch_axis=0, adjoint_seminorm=seminorm,
+                                               adjoint_checkpoints=checkpoints, backward_stats=stats, **tol)
+                loss = tf.reduce_sum(ys[-1] ** 2)
+            return tape.gradient(loss, list(params.values())), stats.nfe.read_value()
+
+        @tf.function(autograph=False)
+        def per_sample(y0):
+            y_final = keras_node.odeint(field, y0, [0.0, T], batch_axis=0, **tol)[-1]
+            grads, s = _per_sample_backward(problem, params, y_final, T, **tol)
+            return grads, s["nfe"]
+
+        @tf.function(autograph=False)
+        def backprop(y0):
+            with tf.GradientTape() as tape:
+                ys = keras_node.odeint(field, y0, [0.0, T], batch_axis=0, rtol=1e-7, atol=1e-9)
+                loss = tf.reduce_sum(ys[-1] ** 2)
+            return tape.gradient(loss, list(params.values()))
+
+        variants = [("joint, seminorm, 16 checkpoints (default)", lambda: joint(y0, True, 16)),
+                    ("joint, full norm, backsolve", lambda: joint(y0, False, 0)),
+                    ("per sample, full norm, backsolve", lambda: per_sample(y0))]
+        reference = backprop(y0)
+        result = []
+        for label, fn in variants:
+            grads, nfe = fn()
+            error = max(float(tf.reduce_max(tf.abs(g - r)) / tf.reduce_max(tf.abs(r)))
+                        for g, r in zip(grads, reference))
+            result.append((label, _median_ms(lambda: fn()[1].numpy(), repeats), int(nfe), error))
+        rows.append((name, result))
+    return rows
+
+
 def van_der_pol_row():
     """(joint NFE, per-sample NFE, largest per-sample steps, seconds each)."""
     from scipy.integrate import solve_ivp
@@ -104,6 +184,13 @@ def main(argv=None):
     for name, joint_ms, sample_ms, joint_nfe, sample_nfe in mlp_rows(args.repeats):
         print(f"| {name} | {joint_ms:.2f} | {sample_ms:.2f} | {sample_ms / joint_ms:.2f} | "
               f"{joint_nfe} | {sample_nfe} | {sample_nfe / joint_nfe:.2f} |")
+    print("\nAdjoint backward solve after a per-sample forward (forward + backward ms, backward NFE,")
+    print("largest gradient error relative to backprop through a solve at rtol 1e-7):\n")
+    print("| problem | backward | ms | backward NFE | gradient error |")
+    print("|---|---|---|---|---|")
+    for name, result in backward_rows(max(20, args.repeats // 4)):
+        for label, milliseconds, nfe, error in result:
+            print(f"| {name} | {label} | {milliseconds:.1f} | {nfe} | {error:.1e} |")
     vdp = van_der_pol_row()
     print("\nVan der Pol mu=25, 256 states on the limit cycle (first call, incl. tracing):")
     print(f"joint: {vdp[None][0]} batched func calls, {vdp[None][1]} steps, {vdp[None][2]:.1f} s; "

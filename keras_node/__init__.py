@@ -1,7 +1,8 @@
 """keras_node: Neural ODE layers for Keras 3 and TensorFlow.
 
 Public API: `odeint`, `odeint_adjoint`, `ODELayer`, `CNF`, `divergence`,
-`METHODS`, and the `dynamics` and `callbacks` modules. See the README and API.md.
+`METHODS`, the time-series `CubicSpline`, `NeuralCDE` and `ODERNN`, and the
+`dynamics` and `callbacks` modules. See the README and API.md.
 """
 
 import keras as _keras
@@ -21,6 +22,9 @@ from keras_node.divergence import divergence as divergence  # noqa: E402
 from keras_node.events import odeint_event as odeint_event  # noqa: E402
 from keras_node.layers.ode_layer import ODELayer as ODELayer  # noqa: E402
 from keras_node.layers.cnf import CNF as CNF  # noqa: E402
+from keras_node.interpolate import CubicSpline as CubicSpline  # noqa: E402
+from keras_node.layers.cde import NeuralCDE as NeuralCDE  # noqa: E402
+from keras_node.layers.odernn import ODERNN as ODERNN  # noqa: E402
 from keras_node import dynamics as dynamics  # noqa: E402
 from keras_node import callbacks as callbacks  # noqa: E402
 from keras_node.diagnostics import check_gradients as check_gradients  # noqa: E402
@@ -31,8 +35,11 @@ __version__ = "0.1.0"
 __all__ = [
     "AdjointStats",
     "CNF",
+    "CubicSpline",
     "DEFAULT_CHECKPOINTS",
     "METHODS",
+    "NeuralCDE",
+    "ODERNN",
     "ODELayer",
     "callbacks",
     "check_gradients",

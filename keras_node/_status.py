@@ -8,6 +8,8 @@ instead: never a plausible number.
 """
 
 import tensorflow as tf
+
+from keras_node import _nest
 # Private, because no public API says whether a graph is being compiled by
 # XLA; the solvers ask it to avoid nesting an XLA function inside an XLA
 # compile and to pick the loop layout XLA can differentiate (loop_bodies).
@@ -19,6 +21,7 @@ MAX_STEPS = 1
 STEP_UNDERFLOW = 2
 NON_FINITE = 3
 BAD_TIMES = 4
+NON_FINITE_INPUT = 5
 
 MESSAGES = {
     MAX_STEPS: (
@@ -37,7 +40,21 @@ MESSAGES = {
         "learning rate or gradient clipping often helps during training"
     ),
     BAD_TIMES: "the time values t are not strictly monotonic (increasing or decreasing)",
+    NON_FINITE_INPUT: (
+        "the initial state contains NaN or inf: the input is bad, not the dynamics. "
+        "Drop or impute those samples; with per-sample steps (batch_axis=0, "
+        "ODELayer(per_sample_steps=True)) only they fail and the error names them"
+    ),
 }
+
+
+def initial(y0, f0, batched=False):
+    """The status before the first step: NON_FINITE_INPUT if `y0` (flat
+    leaves) holds NaN or inf, NON_FINITE if the dynamics `f0` at `y0` do,
+    else SUCCESS; a scalar, or per sample (shape `(batch,)`) when `batched`."""
+    return tf.where(_nest.all_finite(y0, batched=batched),
+                    tf.where(_nest.all_finite(f0, batched=batched), SUCCESS, NON_FINITE),
+                    NON_FINITE_INPUT)
 
 
 def in_xla_context():

@@ -93,7 +93,7 @@ def odeint_event(
     >>> t_hit, y_hit = keras_node.odeint_event(
     ...     fall, tf.constant([10.0, 0.0]), 0.0, ground, direction=-1)
     """
-    options = SolverOptions(method=method, rtol=rtol, atol=atol, first_step=first_step,
+    options = SolverOptions.of(method=method, rtol=rtol, atol=atol, first_step=first_step,
                             max_num_steps=max_num_steps, jit_compile=jit_compile,
                             batch_axis=batch_axis)
     settings = _settings(func, event_fn, t_max, direction, gradient, options, name)

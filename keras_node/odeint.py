@@ -62,7 +62,9 @@ def odeint(
             of `t` is shortened to land on it. `None`: one step per interval.
         max_num_steps: bound on attempted steps (accepted and rejected).
         return_stats: also return a dict of int32 scalars `nfe`, `num_steps`,
-            `num_rejected`, `status` (0 = success).
+            `num_rejected`, `status` (0 = success; 1 max_num_steps exceeded,
+            2 step size underflow, 3 non-finite state, 4 `t` not monotonic,
+            5 non-finite initial state).
         jit_compile: compile the solver loop with XLA: `True`, `False`, or
             `"auto"` (default: when every op of `func` has an XLA kernel,
             else without XLA and a one-time warning; convolutional dynamics
@@ -105,7 +107,7 @@ def odeint(
     Raises:
         ValueError, TypeError: invalid arguments (named in the message).
         tf.errors.InvalidArgumentError: the solve failed (max_num_steps
-            exceeded, step size underflow, non-finite state, or run-time `t`
+            exceeded, step size underflow, non-finite state or input, or run-time `t`
             not monotonic); the message names the cause and the time reached.
             Under XLA (`jit_compile=True`) the outputs are NaN instead and
             `stats["status"]` is non-zero.
@@ -116,7 +118,7 @@ def odeint(
     >>> float(ys[-1, 0])  # exp(-1)
     0.3678...
     """
-    options = SolverOptions(method=method, rtol=rtol, atol=atol, first_step=first_step,
+    options = SolverOptions.of(method=method, rtol=rtol, atol=atol, first_step=first_step,
                             step_size=step_size, max_num_steps=max_num_steps,
                             jit_compile=jit_compile, batch_axis=batch_axis, max_step=max_step,
                             step_times=step_times, jump_times=jump_times)

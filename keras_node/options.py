@@ -13,6 +13,7 @@ What cannot be checked without the state (a tolerance tensor's shape against
 """
 
 import dataclasses
+import functools
 from typing import Any, Optional
 
 import numpy as np
@@ -61,10 +62,38 @@ def _freeze(value):
     return value
 
 
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _plain(value):
+    """True for values that are immutable Python scalars or tuples of them."""
+    return isinstance(value, _PLAIN) or (isinstance(value, tuple) and all(map(_plain, value)))
+
+
+@functools.lru_cache(maxsize=256)
+def _built(cls, typed_items):
+    return cls(**{name: value for name, _, value in typed_items})
+
+
 class _Options:
     """Shared behaviour: validate fields on creation, config, cache key."""
 
     _CHECKS = {}
+
+    @classmethod
+    def of(cls, **kwargs):
+        """The options for these keyword arguments, validated.
+
+        Public functions call this on every call; validating costs tens of
+        microseconds, a large share of a small solve, so options made of
+        plain Python values (numbers, strings, None, tuples of them) are
+        built once and shared (they are frozen). The key holds each value's
+        type, so `True` is not taken for `1`. Anything else (tensors,
+        arrays, lists) is validated afresh.
+        """
+        if not all(map(_plain, kwargs.values())):
+            return cls(**kwargs)
+        return _built(cls, tuple((name, type(value), value) for name, value in kwargs.items()))
 
     def __post_init__(self):
         for field in dataclasses.fields(self):

@@ -63,6 +63,9 @@ BALL_DIR = _declare("test_bouncing_ball", "bouncing_ball.py", "--smoke", "--outp
 STIFF_DIR = _declare("test_stiff_kinetics", "stiff_kinetics.py", "--smoke", "--output",
                      "{out}/stiff.png")
 CNF_DIR = _declare("test_cnf_toy", "cnf_toy.py", "--smoke", "--output", "{out}/cnf.png")
+LATENT_DIR = _declare("test_latent_ode", "latent_ode.py", "--quick", "--output", "{out}/latent.png")
+SPIRALS_DIR = _declare("test_irregular_classification", "irregular_classification.py", "--quick",
+                       "--output", "{out}/spirals.png")
 
 
 def test_spiral():
@@ -120,6 +123,23 @@ def test_stiff_kinetics():
     assert len(losses) == 2 and losses[-1] < losses[0], stdout
     assert len(re.findall(r"k\d: fitted", stdout)) == 3
     assert output.exists() and output.stat().st_size > 0
+
+
+def test_irregular_classification():
+    """NeuralCDE, ODERNN and the GRU baseline train on the irregular spirals;
+    the table has a row per model and the figure is written."""
+    stdout = run_example("test_irregular_classification")
+    assert (SPIRALS_DIR / "spirals.png").stat().st_size > 0
+    for name in ("NeuralCDE", "ODERNN", "GRU"):
+        assert re.search(rf"^\| {name} \| \d+\.\d% \| [\d,]+ \| \d+\.\d\d \|", stdout,
+                         re.MULTILINE), stdout
+
+
+def test_latent_ode():
+    """The ODE-RNN-encoded latent ODE trains, reports both MSEs and plots."""
+    stdout = run_example("test_latent_ode")
+    assert (LATENT_DIR / "latent.png").stat().st_size > 0
+    assert re.search(r"fit on \[0, 6\] = \d+\.\d+, extrapolation on \(6, 12\] = \d+\.\d+", stdout)
 
 
 def test_cnf_toy():

@@ -137,3 +137,16 @@ def test_layer_config_holds_every_option():
     rebuilt = keras_node.ODELayer.from_config(config)
     assert rebuilt.options.to_config() == layer.options.to_config()
     assert rebuilt.adjoint_options.to_config() == layer.adjoint_options.to_config()
+
+
+def test_options_of_plain_values_are_built_once_and_bools_stay_errors():
+    first = SolverOptions.of(method="rk4", step_size=0.5, max_num_steps=1)
+    assert SolverOptions.of(method="rk4", step_size=0.5, max_num_steps=1) is first
+    with pytest.raises(TypeError, match="max_num_steps"):
+        SolverOptions.of(method="rk4", step_size=0.5, max_num_steps=True)  # True == 1, hash(True) == hash(1)
+    listed = SolverOptions.of(step_times=[0.5])
+    assert SolverOptions.of(step_times=[0.5]) is not listed  # lists are validated on every call
+    with pytest.raises(ValueError, match="rtol"):
+        SolverOptions.of(rtol=-1.0)
+    with pytest.raises(ValueError, match="rtol"):
+        SolverOptions.of(rtol=-1.0)  # a failure is not remembered as a success

@@ -124,11 +124,11 @@ def odeint_adjoint(
     ...     loss = tf.reduce_sum(ys[-1] ** 2)
     >>> grads = tape.gradient(loss, layer.trainable_variables)
     """
-    options = SolverOptions(method=method, rtol=rtol, atol=atol, first_step=first_step,
+    options = SolverOptions.of(method=method, rtol=rtol, atol=atol, first_step=first_step,
                             step_size=step_size, max_num_steps=max_num_steps,
                             jit_compile=jit_compile, batch_axis=batch_axis, max_step=max_step,
                             step_times=step_times, jump_times=jump_times)
-    adjoint_options = AdjointOptions(
+    adjoint_options = AdjointOptions.of(
         adjoint_method=adjoint_method, adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol,
         adjoint_seminorm=adjoint_seminorm, adjoint_checkpoints=adjoint_checkpoints,
     )

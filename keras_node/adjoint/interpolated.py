@@ -72,7 +72,7 @@ def record_forward(func, z0, t0, t1, controls):
     record = Record(t=_put(inf, 0, t0), y=tuple(empty(z, z) for z in z0),
                     f=tuple(empty(z, f) for z, f in zip(z0, f0)), count=tf.constant(1),
                     nfe=tf.constant(2), num_steps=tf.constant(0), num_rejected=tf.constant(0),
-                    status=tf.where(_nest.all_finite(z0 + f0), _status.SUCCESS, _status.NON_FINITE))
+                    status=_status.initial(z0, f0))
 
     def keep_going(r, t, y, f, dt):
         return (t < t1) & tf.equal(r.status, 0) & (r.num_steps + r.num_rejected < controls.max_num_steps)

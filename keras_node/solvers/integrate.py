@@ -5,7 +5,8 @@ a tuple of state leaves, strictly increasing output times of the state's
 dtype, tolerances per leaf. Everything here is TensorFlow control flow over a
 documented loop state, so it runs eagerly (inside a `tf.function`), in graphs
 and under XLA; the loop is bounded by `max_num_steps` (XLA needs the bound to
-differentiate through it) and outputs go into pre-sized TensorArrays.
+differentiate through it) and outputs go into pre-sized buffers
+(`loop_bodies.output_buffers`).
 The loop bodies live in `loop_bodies.py`. Adaptive solves of small states
 attempt their steps in an inner loop and write outputs in the outer one
 (`loop_bodies.attempts_in_inner_loop` says why); both layouts take the same
@@ -16,7 +17,6 @@ from typing import NamedTuple, Optional, Tuple
 
 import tensorflow as tf
 
-from keras_node import _nest
 from keras_node import _status
 from keras_node.solvers import interpolation
 from keras_node.solvers import loop_bodies
@@ -90,7 +90,7 @@ class _LoopState(NamedTuple):
     dt: tf.Tensor  # next step size to attempt (> 0)
     error_ratio: tf.Tensor  # of the last attempted step, for diagnosis
     out_index: tf.Tensor  # next output time to write
-    ys: tuple  # one TensorArray per leaf
+    ys: tuple  # one output buffer per leaf (loop_bodies.output_buffers)
     nfe: tf.Tensor
     num_steps: tf.Tensor
     num_rejected: tf.Tensor
@@ -170,7 +170,7 @@ def integrate(func, y0, t_out, controls, *, f0=None, initial_status=None, record
     if final.records:
         recorded_t, recorded_y = final.records[1], final.records[2:]
     return Solution(
-        ys=tuple(ta.stack() for ta in final.ys), t_reached=final.t, last_dt=final.dt,
+        ys=loop_bodies.stacked_outputs(final.ys), t_reached=final.t, last_dt=final.dt,
         nfe=final.nfe, num_steps=final.num_steps, num_rejected=final.num_rejected,
         status=tf.where(unfinished, _status.MAX_STEPS, final.status),
         recorded_t=recorded_t, recorded_y=recorded_y,
@@ -190,7 +190,7 @@ def _initial_state(func, y0, t_out, num_out, controls, f0, initial_status, recor
     t0 = tf.gather(t_out, 0)
     nfe = tf.constant(0 if f0 is not None else 1, tf.int32)
     f0 = tuple(func(t0, y0)) if f0 is None else tuple(f0)
-    status = tf.where(_nest.all_finite(y0 + f0), _status.SUCCESS, _status.NON_FINITE)
+    status = _status.initial(y0, f0)
     if initial_status is not None:
         status = tf.where(tf.equal(initial_status, 0), status, initial_status)
     if tableau.adaptive and controls.first_step is None:
@@ -210,7 +210,7 @@ def _initial_state(func, y0, t_out, num_out, controls, f0, initial_status, recor
     state = _LoopState(
         t=t0, y=y0, f=f0, dt=dt0, error_ratio=tf.zeros([], dtype),
         out_index=tf.constant(1, tf.int32),
-        ys=tuple(tf.TensorArray(dtype, size=num_out, element_shape=y.shape).write(0, y) for y in y0),
+        ys=loop_bodies.output_buffers(y0, num_out),
         nfe=nfe, num_steps=tf.constant(0, tf.int32), num_rejected=tf.constant(0, tf.int32),
         status=status, records=records,
     )

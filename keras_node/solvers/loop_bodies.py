@@ -3,7 +3,7 @@ step attempt, the two ways of looping over attempts and writing outputs,
 and one fixed step.
 
 Each body takes and returns the driver's loop state (`integrate._LoopState`,
-changed with `_replace`); outputs go into its TensorArrays through
+changed with `_replace`); outputs go into its buffers through
 `write_due_outputs`.
 """
 
@@ -25,6 +25,34 @@ from keras_node.solvers.rk_step import rk_step
 _SMALL_BUFFER_BYTES = 512
 
 
+def output_buffers(y0, num_out):
+    """One buffer per leaf for the `num_out` outputs, with `y0` written first.
+
+    TensorArrays while a gradient tape may record through the loop: TF
+    differentiates their writes without keeping the whole buffer per step.
+    Otherwise tensors carried in the loop state, which model converters
+    (TFLite, ONNX) understand; a TensorArray whose element has an unknown
+    batch dimension they do not. The values written are the same.
+    """
+    if record.could_possibly_record():
+        return tuple(tf.TensorArray(y.dtype, size=num_out, element_shape=y.shape).write(0, y)
+                     for y in y0)
+    return tuple(tf.tensor_scatter_nd_update(tf.zeros(tf.concat([[num_out], tf.shape(y)], 0), y.dtype),
+                                             [[0]], [y]) for y in y0)
+
+
+def write_output(buffer, index, value):
+    """`buffer` (from `output_buffers`) with `value` written at `index`."""
+    if isinstance(buffer, tf.TensorArray):
+        return buffer.write(index, value)
+    return tf.tensor_scatter_nd_update(buffer, [[index]], [value])
+
+
+def stacked_outputs(buffers):
+    """The outputs as tensors `[num_out, *leaf_shape]`."""
+    return tuple(b.stack() if isinstance(b, tf.TensorArray) else b for b in buffers)
+
+
 def write_due_outputs(ys, out_index, t_out, num_out, t1, value_at, allowed=True, max_writes=None):
     """Write every output whose time is <= t1 (if `allowed`), from `value_at(time)`.
 
@@ -39,7 +67,7 @@ def write_due_outputs(ys, out_index, t_out, num_out, t1, value_at, allowed=True,
 
     def write(j, arrays):
         values = value_at(tf.gather(t_out, j))
-        return j + 1, tuple(ta.write(j, v) for ta, v in zip(arrays, values))
+        return j + 1, tuple(write_output(b, j, v) for b, v in zip(arrays, values))
 
     return tf.while_loop(
         due, write, (out_index, ys),

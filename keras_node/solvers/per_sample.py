@@ -102,7 +102,7 @@ def initial_state(func, y0, t_out, num_out, controls, initial_status):
     t0 = t_out[:, 0]
     f0 = tuple(func(t0, y0))
     nfe = tf.constant(1, tf.int32)
-    status = tf.where(_nest.all_finite(y0 + f0, batched=True), _status.SUCCESS, _status.NON_FINITE)
+    status = _status.initial(y0, f0, batched=True)
     if initial_status is not None:
         status = tf.where(tf.equal(initial_status, 0), status, initial_status)
     if tableau.adaptive and controls.first_step is None:
