@@ -116,6 +116,16 @@ def test_fit_evaluate_save_load_and_switch_trace(tmp_path):
     assert tuple(loaded(keras.Input((D,))).shape) == (None,)  # symbolic: shape only
 
 
+def test_export_serves_log_prob(tmp_path):
+    x = np.random.default_rng(3).normal(size=(8, D)).astype("float32")
+    cnf = keras_node.CNF(keras_node.dynamics.MLP(units=(8,), final_initializer="glorot_uniform"))
+    cnf(x)  # Keras exports models that have been called
+    cnf.export(str(tmp_path / "exported"), verbose=False)
+    restored = tf.saved_model.load(str(tmp_path / "exported"))  # kept: it owns the weights
+    served = restored.serve(tf.constant(x))
+    np.testing.assert_allclose(served.numpy(), cnf.log_prob(x).numpy(), rtol=0, atol=1e-5)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="trace"):
         keras_node.CNF(keras_node.dynamics.MLP(), trace="stochastic")
