@@ -112,6 +112,11 @@ class Layout(NamedTuple):
         return self.trace == "hutchinson" or "jacobian_frobenius" in self.terms
 
     @property
+    def num_leaves(self):
+        """The number of leaves of the solve's state."""
+        return 1 + (self.trace is not None) + self.probe + len(self.terms)
+
+    @property
     def norm_leaves(self):
         """The leaves under error control: h, and the log-density if any."""
         return (0, 1) if self.trace is not None else (0,)

@@ -170,3 +170,22 @@ def test_fit_under_xla_reports_each_term_and_config_round_trips():
     config = layer.get_config()
     assert config["regularizers"] == {"kinetic": 0.1, "jacobian_frobenius": 0.2}
     assert keras_node.ODELayer.from_config(config).get_config() == config
+
+
+def test_tolerances_per_channel():
+    # A per-channel atol applies to h; the (batch,) integrals are not
+    # broadcast against it. Same steps and outputs as the plain solve.
+    atol = [1e-9, 1e-8, 1e-9]
+    layers = []
+    for regularizers in (None, {"kinetic": 1.0}):
+        dynamics = keras.layers.Dense(D, use_bias=False, dtype="float64")
+        layer = keras_node.ODELayer(dynamics, t=(0.0, T), rtol=1e-8, atol=atol,
+                                    regularizers=regularizers, dtype="float64")
+        layer.build((None, D))
+        dynamics.kernel.assign(K)
+        layers.append((layer, layer(H0, training=True).numpy()))
+    (plain, y_plain), (regularized, y_regularized) = layers
+    np.testing.assert_array_equal(y_regularized, y_plain)
+    assert regularized.nfe_forward == plain.nfe_forward
+    kinetic = _quad(lambda s: ((H0 @ scipy.linalg.expm(K * s) @ K) ** 2).mean(1), 0.0, T)
+    np.testing.assert_allclose(_losses(regularized), [kinetic.mean()], rtol=1e-5)

@@ -1,6 +1,5 @@
 """`CNF`: a continuous normalizing flow (FFJORD, Grathwohl et al. 2019)."""
 
-import dataclasses
 import math
 
 import keras
@@ -13,7 +12,7 @@ from keras_node.layers.call_times import config_times, takes_time
 from keras_node.layers.counters import Counters
 from keras_node.layers.dynamics_check import build_and_check_dynamics
 from keras_node.layers.ode_layer import GRADIENT_MODES
-from keras_node.layers.regularized import Regularization, time_direction
+from keras_node.layers.regularized import Regularization, solve_options, time_direction
 from keras_node.odeint import solve
 from keras_node.options import AdjointOptions, ModelOptions, SolverOptions
 from keras_node.regularizers import Layout
@@ -153,7 +152,7 @@ class CNF(keras.Model):
         terms = self._regularization.layout.terms if training else ()
         layout = Layout(terms=terms, trace=self._resolve_trace(training))
         probe = rademacher(x, seed=self._probe_seed) if layout.probe else None
-        options = dataclasses.replace(self.options, norm_leaves=layout.norm_leaves)
+        options = solve_options(self.options, layout)
         times = tf.constant([self.t[0], self.t[-1]], x.dtype)
         func, name = self._dynamics_for(layout), f"CNF {self.name!r}"
         if self.gradient == "adjoint":

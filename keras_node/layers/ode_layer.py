@@ -9,7 +9,8 @@ from keras_node.adjoint import solve_adjoint
 from keras_node.layers.call_times import check_call_time_rank, config_times, takes_time, time_dtype
 from keras_node.layers.counters import Counters
 from keras_node.layers.dynamics_check import build_and_check_dynamics
-from keras_node.layers.regularized import Regularization, augment, augmented_shape, time_direction
+from keras_node.layers.regularized import (Regularization, augment, augmented_shape,
+                                            solve_options, time_direction)
 from keras_node.odeint import solve
 from keras_node.options import (DEFAULT_CHECKPOINTS, AdjointOptions, ModelOptions, SolverOptions,
                                 check_bool, check_choice)
@@ -222,8 +223,7 @@ class ODELayer(keras.layers.Layer):
         regularized = bool(layout.terms) and bool(training)
         func, y0, options = self._call_dynamics, h0, self.options
         if regularized:
-            func, options = self._call_regularized, dataclasses.replace(
-                options, norm_leaves=layout.norm_leaves)
+            func, options = self._call_regularized, solve_options(options, layout)
             y0 = layout.initial_state(h0, self._regularization.probe(h0))
         name = f"ODELayer {self.name!r}"
         if self.gradient == "adjoint":

@@ -1,7 +1,10 @@
 """What `ODELayer` and `CNF` add around a solve: augmentation, regularisers'
 states, losses and metrics (the integrals themselves: `regularizers.py`)."""
 
+import dataclasses
+
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_node.divergence import rademacher
@@ -29,6 +32,23 @@ def time_direction(times, dtype):
     which turns integrals in solver time into integrals over |dt|."""
     times = tf.convert_to_tensor(times)
     return tf.cast(tf.sign(times[..., -1] - times[..., 0]), dtype)
+
+
+def solve_options(options, layout):
+    """`options` for a solve of `layout`'s state: only h (and a
+    log-density) under error control. A tolerance that is not one number
+    (per component of h) is given per leaf, the other leaves getting its
+    minimum (it must not be broadcast onto their `(batch,)` shape)."""
+    changes = {"norm_leaves": layout.norm_leaves}
+    for name in ("rtol", "atol"):
+        value = getattr(options, name)
+        if isinstance(value, float):
+            continue
+        if isinstance(value, (list, tuple)):  # one array, not a nest of numbers
+            value = np.asarray(value, np.float64)
+        minimum = float(np.min(value)) if isinstance(value, np.ndarray) else tf.reduce_min(value)
+        changes[name] = (value,) + (minimum,) * (layout.num_leaves - 1)
+    return dataclasses.replace(options, **changes)
 
 
 class Regularization:
