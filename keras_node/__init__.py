@@ -1,7 +1,7 @@
 """keras_node: Neural ODE layers for Keras 3 and TensorFlow.
 
-Public API: `odeint`, `odeint_adjoint`, `ODELayer`, `METHODS`, the time-series
-`CubicSpline`, `NeuralCDE` and `ODERNN`, and the
+Public API: `odeint`, `odeint_adjoint`, `ODELayer`, `CNF`, `divergence`,
+`METHODS`, the time-series `CubicSpline`, `NeuralCDE` and `ODERNN`, and the
 `dynamics` and `callbacks` modules. See the README and API.md.
 """
 
@@ -18,8 +18,10 @@ from keras_node.options import DEFAULT_CHECKPOINTS as DEFAULT_CHECKPOINTS  # noq
 from keras_node.adjoint import AdjointStats as AdjointStats  # noqa: E402
 from keras_node.adjoint import odeint_adjoint as odeint_adjoint  # noqa: E402
 from keras_node.odeint import odeint as odeint  # noqa: E402
+from keras_node.divergence import divergence as divergence  # noqa: E402
 from keras_node.events import odeint_event as odeint_event  # noqa: E402
 from keras_node.layers.ode_layer import ODELayer as ODELayer  # noqa: E402
+from keras_node.layers.cnf import CNF as CNF  # noqa: E402
 from keras_node.interpolate import CubicSpline as CubicSpline  # noqa: E402
 from keras_node.layers.cde import NeuralCDE as NeuralCDE  # noqa: E402
 from keras_node.layers.odernn import ODERNN as ODERNN  # noqa: E402
@@ -32,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdjointStats",
+    "CNF",
     "CubicSpline",
     "DEFAULT_CHECKPOINTS",
     "METHODS",
@@ -40,6 +43,7 @@ __all__ = [
     "ODELayer",
     "callbacks",
     "check_gradients",
+    "divergence",
     "dynamics",
     "odeint",
     "odeint_adjoint",

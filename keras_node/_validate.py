@@ -174,3 +174,40 @@ def both_zero(rtol, atol):
         static = tf.get_static_value(tf.convert_to_tensor(v))
         return static is not None and bool(np.all(np.asarray(static) == 0))
     return zero(rtol) and zero(atol)
+
+
+REGULARIZER_KEYS = ("kinetic", "jacobian_frobenius", "taylor2")
+
+
+def check_regularizers(value, name="regularizers"):
+    """None, or a dict of non-negative finite weights keyed by names among
+    `REGULARIZER_KEYS` (RNODE's kinetic energy and Jacobian norm, and the
+    second-derivative term); returned as a dict of Python floats."""
+    if value is None:
+        return None
+    expected = f"None or a dict of non-negative weights with keys among {REGULARIZER_KEYS}"
+    if not isinstance(value, dict):
+        raise TypeError(f"{name} must be {expected}. {_received_type(name, value)}")
+    checked = {}
+    for key, weight in value.items():
+        if key not in REGULARIZER_KEYS:
+            raise ValueError(f"{name} must be {expected}; unknown key {key!r}. {_received(name, value)}")
+        if isinstance(weight, bool) or not isinstance(weight, (numbers.Real, np.generic)):
+            raise TypeError(f"{name}[{key!r}] must be a non-negative number, not a "
+                            f"{type(weight).__name__}. {_received(name, value)}")
+        if not np.isfinite(weight) or weight < 0:
+            raise ValueError(f"{name}[{key!r}] must be a finite number >= 0. "
+                             f"{_received(name, value)}")
+        checked[key] = float(weight)
+    return checked
+
+
+def check_norm_leaves(value, name="norm_leaves"):
+    """None (every leaf in the error norm) or a non-empty tuple of leaf indices."""
+    if value is None:
+        return None
+    if not isinstance(value, tuple) or not value or any(
+            isinstance(i, bool) or not isinstance(i, numbers.Integral) or i < 0 for i in value):
+        raise TypeError(f"{name} must be None or a non-empty tuple of leaf indices. "
+                        f"{_received_type(name, value)}")
+    return tuple(int(i) for i in value)

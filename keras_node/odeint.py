@@ -170,6 +170,7 @@ def integrate_problem(func, problem, options, tau_out=None, record_steps=None):
         max_num_steps=options.max_num_steps, first_step=problem.first_step,
         step_size=problem.step_size, max_step=problem.max_step,
         stops=stops.in_solver_time(problem.step_times, problem.jump_times, direction),
+        norm_leaves=options.norm_leaves,
     )
     func = _inputs.normalized_func(func, problem.y0, direction)
     tau = tau if tau_out is None else tau_out

@@ -19,9 +19,10 @@ from typing import Any, Optional
 import numpy as np
 import tensorflow as tf
 
-from keras_node._validate import (both_zero, check_batch_axis, check_bool, check_choice, check_int,
-                                  check_jit_compile, check_method, check_positive_scalar,
-                                  check_times, check_tolerance)
+from keras_node._validate import (REGULARIZER_KEYS, both_zero, check_batch_axis, check_bool,
+                                  check_choice, check_int, check_jit_compile, check_method, check_norm_leaves,
+                                  check_positive_scalar, check_regularizers, check_times,
+                                  check_tolerance)
 from keras_node.solvers import registry
 
 DEFAULT_CHECKPOINTS = 16
@@ -142,6 +143,10 @@ class SolverOptions(_Options):
     max_step: Optional[Any] = None
     step_times: Optional[Any] = None
     jump_times: Optional[Any] = None
+    # Internal: the leaves in the error norm (None: all). The rest ride along
+    # uncontrolled: quadrature states such as the regularisers' integrals
+    # and a CNF's probe, which nothing in the state depends on.
+    norm_leaves: Optional[tuple] = None
 
     _CHECKS = {
         "method": check_method,
@@ -155,6 +160,7 @@ class SolverOptions(_Options):
         "max_step": check_positive_scalar,
         "step_times": check_times,
         "jump_times": check_times,
+        "norm_leaves": check_norm_leaves,
     }
 
     def _check_together(self):
@@ -172,6 +178,11 @@ class SolverOptions(_Options):
     def tableau(self):
         """The `ButcherTableau` of `method`."""
         return registry.get_tableau(self.method)
+
+    def to_config(self):
+        config = super().to_config()
+        del config["norm_leaves"]  # internal, set by the layer that adds quadrature states
+        return config
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -236,3 +247,33 @@ class AdjointOptions(_Options):
         (then the forward's last step size is a good first backward step)."""
         return self.adjoint_method is None and self.adjoint_rtol is None and self.adjoint_atol is None
 
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ModelOptions(_Options):
+    """What a layer adds around its solve: regularisers and augmentation.
+
+    `regularizers`: None or `{"kinetic" | "jacobian_frobenius" | "taylor2":
+    weight >= 0}` (weights as floats). `augment_dim`: zero channels
+    appended on the last axis (Dupont et al. 2019). See `ODELayer`.
+
+    Example:
+
+    >>> ModelOptions(regularizers={"kinetic": 0.01}).terms
+    ('kinetic',)
+    """
+
+    regularizers: Optional[dict] = None
+    augment_dim: int = 0
+
+    _CHECKS = {
+        "regularizers": check_regularizers,
+        "augment_dim": lambda v, n: check_int(v, n, 0),
+    }
+
+    @property
+    def terms(self):
+        """The regularisers with a positive weight, in a fixed order: those
+        integrated (a zero weight computes nothing and changes nothing)."""
+        weights = self.regularizers or {}
+        return tuple(key for key in REGULARIZER_KEYS if weights.get(key, 0.0) > 0.0)

@@ -62,6 +62,7 @@ BALL_DIR = _declare("test_bouncing_ball", "bouncing_ball.py", "--smoke", "--outp
                     "{out}/ball.png")
 STIFF_DIR = _declare("test_stiff_kinetics", "stiff_kinetics.py", "--smoke", "--output",
                      "{out}/stiff.png")
+CNF_DIR = _declare("test_cnf_toy", "cnf_toy.py", "--smoke", "--output", "{out}/cnf.png")
 LATENT_DIR = _declare("test_latent_ode", "latent_ode.py", "--quick", "--output", "{out}/latent.png")
 SPIRALS_DIR = _declare("test_irregular_classification", "irregular_classification.py", "--quick",
                        "--output", "{out}/spirals.png")
@@ -139,3 +140,12 @@ def test_latent_ode():
     stdout = run_example("test_latent_ode")
     assert (LATENT_DIR / "latent.png").stat().st_size > 0
     assert re.search(r"fit on \[0, 6\] = \d+\.\d+, extrapolation on \(6, 12\] = \d+\.\d+", stdout)
+
+
+def test_cnf_toy():
+    """The CNF trains with and without regularisers, reports NLL against the
+    entropy and NFE, and writes its figure."""
+    stdout = run_example("test_cnf_toy")
+    assert (CNF_DIR / "cnf.png").stat().st_size > 0
+    assert re.search(r"8gaussians: test NLL \d+\.\d+ nats \(entropy 2\.838, gap -?\d+\.\d+\)", stdout), stdout
+    assert re.search(r"regularised .* test NLL \d+\.\d+ nats; mean NFE per iteration \d+", stdout), stdout

@@ -51,7 +51,14 @@ BATCH_TABLE = [
     ("batch_axis", 1, ValueError), ("batch_axis", -1, ValueError),
     ("batch_axis", True, TypeError), ("batch_axis", "0", TypeError), ("batch_axis", 0.0, TypeError),
 ]
-LAYER_TABLE = [("per_sample_steps", 1, TypeError), ("per_sample_steps", "yes", TypeError)]
+LAYER_TABLE = [
+    ("per_sample_steps", 1, TypeError), ("per_sample_steps", "yes", TypeError),
+    ("regularizers", [0.1], TypeError), ("regularizers", {"kinetic": True}, TypeError),
+    ("regularizers", {"kinetic": "0.1"}, TypeError), ("regularizers", {"speed": 0.1}, ValueError),
+    ("regularizers", {"kinetic": -0.1}, ValueError),
+    ("regularizers", {"taylor2": float("nan")}, ValueError),
+    ("augment_dim", 1.5, TypeError), ("augment_dim", True, TypeError), ("augment_dim", -1, ValueError),
+]
 ADJOINT_TABLE = [
     ("adjoint_method", 3, TypeError), ("adjoint_method", "rk45", ValueError),
     ("adjoint_rtol", "x", TypeError), ("adjoint_rtol", -1.0, ValueError),

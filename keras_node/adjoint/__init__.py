@@ -250,6 +250,7 @@ def _backward_core(func, inputs, settings, variables):
         # Backward time is -tau: the stops in it (the jumps' left side comes first).
         stops=stops.in_solver_time(problem.step_times, problem.jump_times,
                                    -direction) if adaptive else None,
+        norm_leaves=backward_options.norm_leaves,
     )
     # Grids of times per sample give anchors per sample.
     pass_type = PerSampleBackwardPass if anchors.tau.shape.rank == 2 else BackwardPass

@@ -89,9 +89,13 @@ class BackwardPass:
         num_params = sum(v.shape.num_elements() for v in self.variables)
         self.params0 = (tf.zeros([num_params], self.dtype),) if self.variables else ()
         rtol, atol = augmented.augmented_tolerances(controls.rtol, controls.atol, len(self.params0))
-        in_norm = 2 * self.n + (0 if seminorm else len(self.params0))
+        # The state's leaves in the norm (all, or those `controls` names: the
+        # quadrature leaves stay out), their adjoints, and g unless seminorm.
+        state_norm = controls.norm_leaves or tuple(range(self.n))
+        adjoint_norm = tuple(self.n + i for i in state_norm) + (
+            () if seminorm or not self.params0 else (2 * self.n,))
         self.controls = controls._replace(
-            rtol=rtol, atol=atol, norm_leaves=tuple(range(in_norm)),
+            rtol=rtol, atol=atol, norm_leaves=state_norm + adjoint_norm,
             clip_to_end=controls.tableau.adaptive, shrink_after_accept=True,
             tableau=_with_feedback_leaves(controls.tableau, 2 * self.n),
         )
@@ -101,7 +105,7 @@ class BackwardPass:
         self.interpolate = isinstance(controls.tableau, RosenbrockTableau)
         self.state_controls = controls
         self.adjoint_controls = self.controls._replace(
-            rtol=rtol[self.n:], atol=atol[self.n:], norm_leaves=tuple(range(in_norm - self.n)),
+            rtol=rtol[self.n:], atol=atol[self.n:], norm_leaves=tuple(i - self.n for i in adjoint_norm),
             tableau=_with_feedback_leaves(controls.tableau, self.n))
         self.warm_start = warm_start
 

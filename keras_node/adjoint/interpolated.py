@@ -60,7 +60,7 @@ def record_forward(func, z0, t0, t1, controls):
     to land there), keeping every accepted step end. `controls`: the state's
     (tableau, rtol, atol, max_num_steps)."""
     tableau, size = controls.tableau, controls.max_num_steps + 1
-    leaves = tuple(range(len(z0)))
+    leaves = controls.norm_leaves or tuple(range(len(z0)))
     f0 = tuple(func(t0, z0))
     dt0 = step_control.initial_step(func, t0, z0, f0, tableau.order, controls.rtol, controls.atol,
                                     leaves, span=t1 - t0)

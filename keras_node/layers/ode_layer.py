@@ -8,9 +8,13 @@ import tensorflow as tf
 from keras_node.adjoint import solve_adjoint
 from keras_node.layers.call_times import check_call_time_rank, config_times, takes_time, time_dtype
 from keras_node.layers.counters import Counters
+from keras_node.layers.dynamics_check import build_and_check_dynamics
+from keras_node.layers.regularized import (Regularization, augment, augmented_shape,
+                                            solve_options, time_direction)
 from keras_node.odeint import solve
-from keras_node.options import (DEFAULT_CHECKPOINTS, AdjointOptions, SolverOptions, check_bool,
-                                check_choice)
+from keras_node.options import (DEFAULT_CHECKPOINTS, AdjointOptions, ModelOptions, SolverOptions,
+                                check_bool, check_choice)
+from keras_node.regularizers import Layout
 
 GRADIENT_MODES = ("adjoint", "backprop")
 
@@ -57,6 +61,14 @@ class ODELayer(keras.layers.Layer):
             dynamics then get `t` shaped `(batch, 1, ..., 1)`.
         max_step, step_times, jump_times: step constraints of adaptive
             methods, see `keras_node.odeint`.
+        regularizers: None or `{"kinetic" | "jacobian_frobenius" |
+            "taylor2": weight >= 0}` (RNODE, `keras_node.regularizers`):
+            in training, per-sample integrals along the same solve, left
+            out of error control; `weight * batch mean` is added with
+            `add_loss` and each term logged as the metric `reg_<key>`.
+            Zero weights compute nothing.
+        augment_dim: k >= 0 zero channels appended to the last axis before
+            the solve and kept in the output (Dupont et al. 2019).
         **kwargs: standard Keras layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -64,14 +76,15 @@ class ODELayer(keras.layers.Layer):
         t: optional 1-D tensor of times overriding the configured `t` for
             this call (e.g. irregularly sampled series); with
             `per_sample_steps=True` also `(batch, n)`, a row per sample.
-        training: passed through to nothing; accepted for Keras symmetry.
+        training: in training the regularisers (if any) are integrated
+            and their losses added; otherwise the plain solve runs.
 
     Input shape:
         `(batch, ...)`, any rank.
 
     Output shape:
-        Same as the input, or `(batch, len(t), ...)` with
-        `return_sequences=True`.
+        Same as the input (last axis + `augment_dim`), or
+        `(batch, len(t), ...)` with `return_sequences=True`.
 
     Attributes:
         nfe_forward, nfe_backward: function evaluations of the last forward
@@ -96,6 +109,11 @@ class ODELayer(keras.layers.Layer):
     ])
     model.compile("adam", "mse")
     model.fit(x, y, callbacks=[keras_node.callbacks.NFELogger()])
+
+    # Regularised (fewer function evaluations as training goes on) and
+    # augmented by 2 zero channels (output (batch, 4)):
+    keras_node.ODELayer(keras_node.dynamics.MLP(units=(64,)), augment_dim=2,
+                        regularizers={"kinetic": 0.01, "jacobian_frobenius": 0.01})
     ```
     """
 
@@ -104,7 +122,8 @@ class ODELayer(keras.layers.Layer):
         gradient="adjoint", return_sequences=False, first_step=None, step_size=None,
         max_num_steps=10_000, adjoint_method=None, adjoint_rtol=None, adjoint_atol=None,
         adjoint_seminorm=True, adjoint_checkpoints=DEFAULT_CHECKPOINTS, jit_compile="auto",
-        per_sample_steps=False, max_step=None, step_times=None, jump_times=None, **kwargs,
+        per_sample_steps=False, max_step=None, step_times=None, jump_times=None,
+        regularizers=None, augment_dim=0, **kwargs,
     ):
         super().__init__(**kwargs)
         if not isinstance(dynamics, keras.layers.Layer):
@@ -126,30 +145,27 @@ class ODELayer(keras.layers.Layer):
         )
         self.gradient = check_choice(gradient, "gradient", GRADIENT_MODES)
         self.return_sequences = check_bool(return_sequences, "return_sequences")
+        self.model_options = ModelOptions(regularizers=regularizers, augment_dim=augment_dim)
+        layout = Layout(terms=self.model_options.terms)
+        self._regularization = Regularization(self, regularizers, layout)
         self._time_dependent = takes_time(dynamics)
         self._counters = None
+
+    @property
+    def augment_dim(self):
+        """Zero channels appended to the last axis (Dupont et al. 2019)."""
+        return self.model_options.augment_dim
+
+    @property
+    def regularizers(self):
+        """The regulariser weights, as given (None or a dict)."""
+        return self.model_options.regularizers
 
     # -- building -----------------------------------------------------------
 
     def build(self, input_shape):
-        input_shape = tuple(input_shape)
-        if not self.dynamics.built:
-            self.dynamics.build(input_shape)
-        output = self._dynamics_output_spec(input_shape)
-        if not hasattr(output, "shape"):
-            raise ValueError(
-                "The dynamics of an ODELayer must return a single tensor dh/dt with the shape of "
-                f"h {input_shape}. Received: a {type(output).__name__} from "
-                f"{self.dynamics.name!r}: {output!r}"
-            )
-        output_shape = output.shape
-        if tuple(output_shape) != input_shape:
-            raise ValueError(
-                "The dynamics of an ODELayer must return dh/dt with the shape of h. "
-                f"Input shape: {input_shape}; dynamics output shape: {tuple(output_shape)}. "
-                f"Check the last layer of {self.dynamics.name!r} (its width must equal the "
-                "state's last dimension)."
-            )
+        build_and_check_dynamics(self.dynamics, augmented_shape(input_shape, self.augment_dim),
+                                 self.compute_dtype, self._time_dependent)
         self._counters = Counters(self)
         if self._uses_loss_scaling():
             # Loss scaling expects overflowing gradients now and then and
@@ -157,14 +173,8 @@ class ODELayer(keras.layers.Layer):
             self.adjoint_options = dataclasses.replace(self.adjoint_options,
                                                        nonfinite_gradients="nan")
 
-    def _dynamics_output_spec(self, input_shape):
-        spec = keras.KerasTensor(input_shape, dtype=self.compute_dtype)
-        if self._time_dependent:
-            return self.dynamics.compute_output_spec(spec, t=keras.KerasTensor((), dtype=self.compute_dtype))
-        return self.dynamics.compute_output_spec(spec)
-
     def compute_output_shape(self, inputs_shape, t_shape=None):
-        input_shape = tuple(inputs_shape)
+        input_shape = augmented_shape(inputs_shape, self.augment_dim)
         if t_shape is not None:
             check_call_time_rank(len(t_shape), self.per_sample_steps, t_shape)
         if not self.return_sequences:
@@ -200,20 +210,37 @@ class ODELayer(keras.layers.Layer):
             times = t
             if getattr(t, "shape", None) is not None and t.shape.rank is not None:
                 check_call_time_rank(t.shape.rank, self.per_sample_steps, t.shape)
-        name = f"ODELayer {self.name!r}"
-        if self.gradient == "adjoint":
-            ys, stats = solve_adjoint(
-                self._call_dynamics, inputs, times, self.options, self.adjoint_options,
-                variables=self.dynamics.trainable_variables,
-                backward_stats=self._counters.backward, name=name,
-            )
-        else:
-            ys, stats = solve(self._call_dynamics, inputs, times, self.options, name=name)
-        ys = self._counters.record_forward(ys, stats)
+        ys = self._solve(augment(inputs, self.augment_dim), times, training)
         if not self.return_sequences:
             return ys[-1]
         rank = len(ys.shape)
         return tf.transpose(ys, [1, 0] + list(range(2, rank)))
+
+    def _solve(self, h0, times, training):
+        """The solve, with the regularisers' states when there are any
+        (their losses and metrics reported); returns h at every time."""
+        layout = self._regularization.layout
+        regularized = bool(layout.terms) and bool(training)
+        func, y0, options = self._call_dynamics, h0, self.options
+        if regularized:
+            func, options = self._call_regularized, solve_options(options, layout)
+            y0 = layout.initial_state(h0, self._regularization.probe(h0))
+        name = f"ODELayer {self.name!r}"
+        if self.gradient == "adjoint":
+            ys, stats = solve_adjoint(
+                func, y0, times, options, self.adjoint_options,
+                variables=self.dynamics.trainable_variables,
+                backward_stats=self._counters.backward, name=name,
+            )
+        else:
+            ys, stats = solve(func, y0, times, options, name=name)
+        if regularized:
+            ys, _, integrals = layout.split(ys, time_direction(times, h0.dtype))
+            self._regularization.report(integrals)
+        return self._counters.record_forward(ys, stats)
+
+    def _call_regularized(self, t, state):
+        return self._regularization.layout.dynamics(self._call_dynamics)(t, state)
 
     def _uses_loss_scaling(self):
         # float16 has a narrow range, so Keras trains it with a loss-scale
@@ -245,6 +272,7 @@ class ODELayer(keras.layers.Layer):
             dynamics=keras.saving.serialize_keras_object(self.dynamics), t=list(self.t),
             gradient=self.gradient, return_sequences=self.return_sequences,
             **self.options.to_config(), **self.adjoint_options.to_config(),
+            **self.model_options.to_config(),
         )
         config["per_sample_steps"] = config.pop("batch_axis") == 0
         return config
