@@ -64,6 +64,8 @@ STIFF_DIR = _declare("test_stiff_kinetics", "stiff_kinetics.py", "--smoke", "--o
                      "{out}/stiff.png")
 CNF_DIR = _declare("test_cnf_toy", "cnf_toy.py", "--smoke", "--output", "{out}/cnf.png")
 LATENT_DIR = _declare("test_latent_ode", "latent_ode.py", "--quick", "--output", "{out}/latent.png")
+AUGMENTED_DIR = _declare("test_augmented_ode", "augmented_ode.py", "--smoke", "--output",
+                         "{out}/augmented.png")
 SPIRALS_DIR = _declare("test_irregular_classification", "irregular_classification.py", "--quick",
                        "--output", "{out}/spirals.png")
 
@@ -149,3 +151,11 @@ def test_cnf_toy():
     assert (CNF_DIR / "cnf.png").stat().st_size > 0
     assert re.search(r"8gaussians: test NLL \d+\.\d+ nats \(entropy 2\.838, gap -?\d+\.\d+\)", stdout), stdout
     assert re.search(r"regularised .* test NLL \d+\.\d+ nats; mean NFE per iteration \d+", stdout), stdout
+
+
+def test_augmented_ode():
+    """Dupont's g(x) = -x demo trains both flows, prints their errors and writes its figure."""
+    stdout = run_example("test_augmented_ode")
+    assert (AUGMENTED_DIR / "augmented.png").stat().st_size > 0
+    assert re.search(r"plain 1-D ODE: training MSE = \d+\.\d+", stdout), stdout
+    assert re.search(r"augmented \(augment_dim=1\): training MSE = \d+\.\d+", stdout), stdout
