@@ -40,13 +40,49 @@ def _owner_and_method(func):
     return func, None
 
 
-def _compile(func, core, jit):
-    """A `tf.function` of `core` that reaches `func` through a weak reference."""
+class _Tensor:
+    """Stands for a tensor of `arg` in its template (see `_split`)."""
+
+
+_TENSOR = _Tensor()
+
+
+def _split(arg):
+    """`(tensors, template)`: the tensors of the nest `arg`, and `arg` with
+    each of them replaced by `_TENSOR` (hashable when the other leaves are).
+
+    The compiled function takes only the tensors and rebuilds `arg` from
+    the template, which joins the cache key: TensorFlow then types a short
+    list of tensors per call instead of every leaf of the nest (dozens of
+    Python values and Nones cost more than the solve on small problems).
+    """
+    tensors = []
+
+    def hollow(leaf):
+        if isinstance(leaf, (tf.Tensor, tf.Variable)):
+            tensors.append(leaf)
+            return _TENSOR
+        return leaf
+
+    template = tf.nest.map_structure(hollow, arg)
+    hash(template)  # TypeError for unhashable leaves: the caller passes `arg` whole
+    return tuple(tensors), template
+
+
+def _rebuild(template, tensors):
+    remaining = iter(tensors)
+    return tf.nest.map_structure(lambda leaf: next(remaining) if leaf is _TENSOR else leaf, template)
+
+
+def _compile(func, core, jit, template=None):
+    """A `tf.function` of `core` that reaches `func` through a weak reference;
+    it takes `arg` whole, or only its tensors when a `template` is given."""
     owner, method = _owner_and_method(func)
     owner_ref = weakref.ref(owner)
 
-    def traced(arg):
+    def traced(*args):
         target = owner_ref()
+        arg = args[0] if template is None else _rebuild(template, args)
         return core(target if method is None else method.__get__(target), arg)
 
     # reduce_retracing: a new batch size relaxes the shapes once instead of
@@ -54,23 +90,29 @@ def _compile(func, core, jit):
     return tf.function(traced, autograph=False, jit_compile=jit, reduce_retracing=True)
 
 
-def _compiled(func, key, core, jit):
+def _compiled(func, key, core, jit, arg):
+    """`(compiled function, its arguments)` for `arg`."""
+    try:
+        tensors, template = _split(arg)
+    except TypeError:
+        tensors, template = (arg,), None
     owner, method = _owner_and_method(func)
     try:
         entries = _CACHE.setdefault(owner, {})
     except TypeError:  # not weak-referenceable: compile for this call only
-        return tf.function(lambda a: core(func, a), autograph=False, jit_compile=jit)
-    compiled = entries.get((method, key, jit))
+        return tf.function(lambda a: core(func, a), autograph=False, jit_compile=jit), (arg,)
+    compiled = entries.get((method, key, jit, template))
     if compiled is None:
-        compiled = entries[(method, key, jit)] = _compile(func, core, jit)
-    return compiled
+        compiled = entries[(method, key, jit, template)] = _compile(func, core, jit, template)
+    return compiled, tensors
 
 
 def run(func, key, core, arg, jit=False):
     """`core(func, arg)`: compiled once per `(func, key, jit)` when eager;
     inline in graphs (a nested XLA function when `jit`)."""
     if tf.executing_eagerly():
-        return _compiled(func, key, core, jit)(arg)
+        compiled, args = _compiled(func, key, core, jit, arg)
+        return compiled(*args)
     if jit and not _status.in_xla_context():
         return tf.function(lambda: core(func, arg), autograph=False, jit_compile=True)()
     return core(func, arg)
@@ -79,5 +121,6 @@ def run(func, key, core, arg, jit=False):
 def traced_variables(func, key, core, arg, jit=False):
     """The trainable variables the eagerly compiled `core` for `arg` reads
     (it is traced now if it was not yet)."""
-    concrete = _compiled(func, key, core, jit).get_concrete_function(arg)
+    compiled, args = _compiled(func, key, core, jit, arg)
+    concrete = compiled.get_concrete_function(*args)
     return list(concrete.trainable_variables)
