@@ -10,35 +10,17 @@ the tableau gives midpoint weights, `y_mid ~ y(t0 + dt/2)`:
   `p3 = 14 R1 - 3 R2 - 32 R3`, `p4 = -8 R1 + 2 R2 + 16 R3`;
 - cubic Hermite (4 conditions) otherwise: `p2 = 3 R1 - R2`,
   `p3 = R2 - 2 R1`, `p4 = 0`. Its O(dt**4) local error matches the 3rd-order
-  and lower methods that use it;
-- a Rosenbrock method's own cubic when its step hands over `RosenbrockDense`
-  (rodas4).
+  and lower methods that use it.
 """
-
-from typing import NamedTuple
 
 import tensorflow as tf
 
 from keras_node import _nest
 
 
-class RosenbrockDense(NamedTuple):
-    """A Rosenbrock step's own dense output (`RosenbrockTableau.dense`): per
-    leaf, `e = sum_j e_j U_j` and `g = sum_j g_j U_j`, with which
-    `y(x) = (1 - x) y0 + x (y1 + (1 - x)(e + x g))`, a cubic."""
-
-    e: tuple
-    g: tuple
-
-
 def fit(y0, y1, f0, f1, dt, k=None, c_mid=None):
     """Polynomial coefficients per leaf (a tuple of tuples): `(p0, ..., p4)`
-    for the quartic, `(p0, ..., p3)` for the cubic. A `RosenbrockDense` `k`
-    gives that method's own cubic instead of the Hermite one."""
-    if isinstance(k, RosenbrockDense):
-        # (1 - x) y0 + x y1 + x (1 - x) e + x^2 (1 - x) g, by powers of x.
-        return tuple((y0[i], y1[i] - y0[i] + k.e[i], k.g[i] - k.e[i], -k.g[i])
-                     for i in range(len(y0)))
+    for the quartic, `(p0, ..., p3)` for the cubic."""
     if c_mid is not None:
         y_mid = _nest.axpy_sum(y0, dt, c_mid, k)
     coefficients = []

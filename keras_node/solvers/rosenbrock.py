@@ -13,8 +13,8 @@ to a state of a few hundred components per problem (per sample with
 `batch_axis=0`); beyond that an explicit method or a smaller state is the
 better choice. A rejected step recomputes the Jacobian at the same point
 (Hairer's codes reuse it): carrying J in the loop state would save that,
-not done yet. Dense output is the tableau's own (rodas4: rodas.f's
-order-3 formula), handed to `interpolation.fit` as `RosenbrockDense`.
+not done yet. Dense output is the cubic Hermite of `interpolation.py`
+(order 3), not rodas4's own order-3 formula.
 
 Stage equations are multiplied through by `gamma h`, so that a zero-length
 step (a finished sample, `dt = 0`) is the identity instead of a division
@@ -49,7 +49,6 @@ from tensorflow.python.eager import record
 from tensorflow.python import pywrap_tfe
 
 from keras_node import _status
-from keras_node.solvers import interpolation
 
 _ZERO = tf.UnconnectedGradients.ZERO
 
@@ -129,9 +128,8 @@ def rosenbrock_step(func, t0, y0, f0, dt, tableau):
     """Advance `y0` at `t0` by `dt` with the Rosenbrock `tableau`.
 
     Same arguments and results as `rk_step.rk_step` (`dt` and `t0` may be
-    per sample, shape `(batch,)`); `k` is the tableau's dense-output data
-    (`interpolation.RosenbrockDense`), or the flat increments `U_i` when it
-    has none (then dense output is cubic Hermite). Costs
+    per sample, shape `(batch,)`); `k` is the list of increments `U_i`
+    (flat), which dense output does not use (cubic Hermite). Costs
     `tableau.new_evaluations_per_step` evaluations of `func`, one Jacobian
     and one linear solve per stage.
     """
@@ -159,12 +157,8 @@ def rosenbrock_step(func, t0, y0, f0, dt, tableau):
     y1 = flat.unflatten(_combine(y0_flat, tableau.b, increments))
     f1 = tuple(func(t0 + dt, y1))
     y_error = None
-    zeros = tf.zeros_like(y0_flat)
     if tableau.adaptive:
-        y_error = flat.unflatten(_combine(zeros, tableau.b_error, increments))
-    if tableau.dense is not None:
-        e, g = (flat.unflatten(_combine(zeros, row, increments)) for row in tableau.dense)
-        return y1, f1, y_error, interpolation.RosenbrockDense(e, g)
+        y_error = flat.unflatten(_combine(tf.zeros_like(y0_flat), tableau.b_error, increments))
     return y1, f1, y_error, increments
 
 

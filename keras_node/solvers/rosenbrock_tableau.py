@@ -67,18 +67,14 @@ class RosenbrockTableau:
             stage's right-hand side (Hairer's c_ij); `coupling[i]` has `i`.
         b: weights of the increments in the propagated solution.
         b_error: `b - b_hat`, the weights of the local error estimate.
-        dense: `None`, or two rows of increment weights `(e, g)` for the
-            dense output `y(x) = (1 - x) y0 + x (y1 + (1 - x)(E + x G))`,
-            `E = sum_j e_j U_j`, `G = sum_j g_j U_j` (`rodas.f`'s form;
-            `interpolation.fit` evaluates it). `None`: cubic Hermite.
         jacobian_leaves: `None`: `f` may depend on every state leaf. An int
             `k`: `f` depends only on the first `k` leaves (the others' Jacobian
             columns are zero), which the step exploits (`rosenbrock.py`); the
             adjoint sets it for its augmented state.
 
     Derived fields: `num_stages`, `adaptive` (has `b_error`), `fsal` (always
-    False: the step ends with a fresh `f(t1, y1)`). `c_mid` is `None` (the
-    quartic dense output of the explicit methods does not apply).
+    False: the step ends with a fresh `f(t1, y1)`). `c_mid` is `None`: dense
+    output is the cubic Hermite of `interpolation.py`.
     """
 
     name: str
@@ -90,7 +86,6 @@ class RosenbrockTableau:
     coupling: Tuple[Tuple[float, ...], ...]
     b: Tuple[float, ...]
     b_error: Optional[Tuple[float, ...]] = None
-    dense: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
     jacobian_leaves: Optional[int] = None
     num_stages: int = dataclasses.field(init=False)
     adaptive: bool = dataclasses.field(init=False)
@@ -118,9 +113,6 @@ class RosenbrockTableau:
             b_hat = [x - e for x, e in zip(self.b, self.b_error)]
             assert _close(math.fsum(self._times_gamma(b_hat, gamma_matrix)), 1.0), (
                 f"{self.name}: classical sum(b_hat) != 1")
-        if self.dense is not None:
-            assert len(self.dense) == 2 and all(len(row) == s for row in self.dense), (
-                f"{self.name}: dense needs two rows of {s} weights")
         object.__setattr__(self, "num_stages", s)
         object.__setattr__(self, "adaptive", self.b_error is not None)
         object.__setattr__(self, "fsal", False)
@@ -181,18 +173,12 @@ RODAS4 = RosenbrockTableau(
     ),
     b=_A5 + (1.0, 1.0),
     b_error=(0.0, 0.0, 0.0, 0.0, 0.0, 1.0),
-    dense=(
-        (10.12623508344586, -7.487995877610167, -34.80091861555747, -7.992771707568823,
-         1.025137723295662, 0.0),
-        (-0.6762803392801253, 6.087714651680015, 16.43084320892478, 24.76722511418386,
-         -6.594389125716872, 0.0),
-    ),
 )
 """RODAS4 (Hairer & Wanner 1996): 6 stages, order 4 with an embedded order-3
 solution, L-stable, stiffly accurate; one Jacobian and six linear solves per
-step, 7 evaluations of `f` (`new_evaluations_per_step`). Dense output:
-rodas.f's own order-3 formula (`dense`, its D21..D35), from the first five
-increments.
+step, 7 evaluations of `f` (`new_evaluations_per_step`). Dense output: cubic
+Hermite (order 3 between steps; rodas.f's own order-3 dense formula is not
+used).
 
 References:
     E. Hairer, G. Wanner, Solving Ordinary Differential Equations II, 2nd ed.,
