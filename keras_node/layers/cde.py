@@ -6,6 +6,7 @@ import tensorflow as tf
 from keras_node.interpolate import CubicSpline
 from keras_node.layers import series
 from keras_node.layers.call_times import takes_time
+from keras_node.layers.dynamics_check import symbolic_output
 from keras_node.options import check_bool, check_int
 
 
@@ -82,15 +83,8 @@ class NeuralCDE(keras.layers.Layer):
     def build(self, input_shape):
         batch, _, channels = series.values_shape(input_shape, self)
         self.initial.build((batch, channels))
-        state_shape = (batch, self.hidden_size)
-        if not self.vector_field.built:
-            self.vector_field.build(state_shape)
-        spec = keras.KerasTensor(state_shape, dtype=self.compute_dtype)
-        if self._time_dependent:
-            out = self.vector_field.compute_output_spec(
-                spec, t=keras.KerasTensor((), dtype=self.compute_dtype))
-        else:
-            out = self.vector_field.compute_output_spec(spec)
+        out = symbolic_output(self.vector_field, (batch, self.hidden_size), self.compute_dtype,
+                              self._time_dependent)
         if tuple(getattr(out, "shape", ()))[1:] != (self.hidden_size, channels):
             raise ValueError(
                 "The vector_field of a NeuralCDE must return a matrix (batch, hidden_size, "

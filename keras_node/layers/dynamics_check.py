@@ -4,17 +4,22 @@ with the shape of h."""
 import keras
 
 
+def symbolic_output(dynamics, input_shape, dtype, time_dependent):
+    """Build `dynamics` for states of `input_shape` (if not built) and return
+    what it gives for a symbolic state (and time, when `time_dependent`)."""
+    if not dynamics.built:
+        dynamics.build(tuple(input_shape))
+    spec = keras.KerasTensor(tuple(input_shape), dtype=dtype)
+    if time_dependent:
+        return dynamics.compute_output_spec(spec, t=keras.KerasTensor((), dtype=dtype))
+    return dynamics.compute_output_spec(spec)
+
+
 def build_and_check_dynamics(dynamics, input_shape, dtype, time_dependent):
     """Build `dynamics` for states of `input_shape` (if not built) and make
     sure it returns one tensor of that shape; a clear ValueError if not."""
     input_shape = tuple(input_shape)
-    if not dynamics.built:
-        dynamics.build(input_shape)
-    spec = keras.KerasTensor(input_shape, dtype=dtype)
-    if time_dependent:
-        output = dynamics.compute_output_spec(spec, t=keras.KerasTensor((), dtype=dtype))
-    else:
-        output = dynamics.compute_output_spec(spec)
+    output = symbolic_output(dynamics, input_shape, dtype, time_dependent)
     if not hasattr(output, "shape"):
         raise ValueError(
             "The dynamics of an ODELayer must return a single tensor dh/dt with the shape of "

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from keras_node.layers import series
 from keras_node.layers.call_times import takes_time
+from keras_node.layers.dynamics_check import symbolic_output
 from keras_node.options import check_bool
 
 
@@ -77,14 +78,8 @@ class ODERNN(keras.layers.Layer):
         batch, _, channels = series.values_shape(input_shape, self, with_mask=True)
         if not self.cell.built:
             self.cell.build((batch, channels))
-        state_shape = (batch, self.units)
-        if not self.dynamics.built:
-            self.dynamics.build(state_shape)
-        spec = keras.KerasTensor(state_shape, dtype=self.compute_dtype)
-        if self._time_dependent:
-            out = self.dynamics.compute_output_spec(spec, t=keras.KerasTensor((), dtype=spec.dtype))
-        else:
-            out = self.dynamics.compute_output_spec(spec)
+        out = symbolic_output(self.dynamics, (batch, self.units), self.compute_dtype,
+                              self._time_dependent)
         if tuple(getattr(out, "shape", ()))[1:] != (self.units,):
             raise ValueError(
                 f"The dynamics of an ODERNN must return dh/dt with the shape of h (batch, "
