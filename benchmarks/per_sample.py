@@ -39,14 +39,19 @@ def _median_ms(fn, repeats):
     return 1e3 * float(np.median(durations))
 
 
+def _bench_mlp(name):
+    """`(problem, params, field, y0)` of a bench MLP in float32, the
+    parameters as variables the field reads."""
+    problem = get_problem(name)
+    params = {k: tf.Variable(v) for k, v in problem.params_as("float32").items()}
+    return problem, params, peers.tf_field(problem, params), tf.constant(problem.y0_as("float32"))
+
+
 def mlp_rows(repeats):
     """(problem, joint ms, per-sample ms, joint NFE, per-sample NFE)."""
     rows = []
     for name in ("mlp", "mlp_contractive"):
-        problem = get_problem(name)
-        params = {k: tf.Variable(v) for k, v in problem.params_as("float32").items()}
-        field = peers.tf_field(problem, params)
-        y0 = tf.constant(problem.y0_as("float32"))
+        problem, params, field, y0 = _bench_mlp(name)
         times = tf.constant(problem.times(problem.default_T, "float32"))
         result = []
         for batch_axis in (None, 0):
@@ -99,10 +104,7 @@ def backward_rows(repeats):
     gradient error relative to backprop through a tight solve)])."""
     rows = []
     for name in ("mlp", "mlp_contractive"):
-        problem = get_problem(name)
-        params = {k: tf.Variable(v) for k, v in problem.params_as("float32").items()}
-        field = peers.tf_field(problem, params)
-        y0 = tf.constant(problem.y0_as("float32"))
+        problem, params, field, y0 = _bench_mlp(name)
         T = float(problem.default_T)
         tol = dict(rtol=1e-5, atol=1e-7)
         stats = keras_node.AdjointStats()

@@ -188,13 +188,15 @@ def overhead_factor(repeats=20, evaluations=100):
             "overhead": r["median_ms"] / (r["nfe_forward"] * one_ms)}
 
 
-def merge_processes(rows):
-    """One row per (case, library) from several worker processes: the median
-    of their medians, the min of their mins, each process's median kept in
-    `process_medians` (TF's per-process speed is bimodal here, RESULTS.md 2c)."""
+def merge_processes(rows, key=("case", "library"), median_fields=("first_call_ms", "rss_extra_mb")):
+    """One row per `key` (e.g. case and library) from several worker
+    processes: the median of their medians, the min of their mins, each
+    process's median kept in `process_medians` (TF's per-process speed is
+    bimodal here, RESULTS.md 2c), and the median of each of `median_fields`
+    over the processes that report it (None if none does)."""
     groups = {}
     for r in rows:
-        groups.setdefault((r["case"], r["library"]), []).append(r)
+        groups.setdefault(tuple(r[k] for k in key), []).append(r)
     merged = []
     for group in groups.values():
         ok = [r for r in group if "error" not in r]
@@ -203,9 +205,9 @@ def merge_processes(rows):
             row["process_medians"] = [r["median_ms"] for r in ok]
             row["median_ms"] = float(np.median(row["process_medians"]))
             row["min_ms"] = min(r["min_ms"] for r in ok)
-            row["first_call_ms"] = float(np.median([r["first_call_ms"] for r in ok]))
-            extras = [r["rss_extra_mb"] for r in ok if r["rss_extra_mb"] is not None]
-            row["rss_extra_mb"] = float(np.median(extras)) if extras else None
+            for field in median_fields:
+                values = [r[field] for r in ok if r.get(field) is not None]
+                row[field] = float(np.median(values)) if values else None
         merged.append(row)
     return merged
 

@@ -73,6 +73,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 import numpy as np  # noqa: E402
 
 from benchmarks import peers  # noqa: E402
+from benchmarks.run_benchmarks import merge_processes  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -478,25 +479,6 @@ RUNNERS = {"keras_node": run_keras, "keras_node_xla": lambda m, w, r: run_keras(
 
 # --- report ---------------------------------------------------------------------
 
-def merge_processes(rows):
-    """One row per (model, library): the median of the processes' medians,
-    the min of their mins, each process's median kept in ``process_medians``."""
-    groups = {}
-    for r in rows:
-        groups.setdefault((r["model"], r["library"]), []).append(r)
-    merged = []
-    for group in groups.values():
-        ok = [r for r in group if "error" not in r]
-        row = dict(ok[0] if ok else group[0])
-        if ok:
-            row["process_medians"] = [r["median_ms"] for r in ok]
-            row["median_ms"] = statistics.median(row["process_medians"])
-            row["min_ms"] = min(r["min_ms"] for r in ok)
-            row["first_ms"] = statistics.median(r["first_ms"] for r in ok)
-        merged.append(row)
-    return merged
-
-
 def _fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
@@ -579,7 +561,7 @@ def main(argv=None):
             if "error" in row:
                 rows.append(row)
             print(f"[{model} {lib}: {time.perf_counter() - started:.0f} s]", file=sys.stderr, flush=True)
-    rows = merge_processes(rows)
+    rows = merge_processes(rows, key=("model", "library"), median_fields=("first_ms",))
     print(results_table(rows))
     if args.processes > 1:
         print("\nPer-process medians (ms):\n")
