@@ -261,3 +261,14 @@ def assert_close(actual, expected, tol, err_msg=""):
     for a, e in zip(tf.nest.flatten(actual), tf.nest.flatten(expected)):
         a = np.asarray(a).astype(np.float64)
         np.testing.assert_allclose(a, e, rtol=tol, atol=tol, err_msg=err_msg)
+
+
+def central_differences(value_of, x, eps=1e-6):
+    """The gradient of the scalar `value_of(x)` at the array `x` by central
+    differences, one component at a time (an independent reference)."""
+    gradient = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        bump = np.zeros_like(x)
+        bump[index] = eps
+        gradient[index] = (value_of(x + bump) - value_of(x - bump)) / (2 * eps)
+    return gradient

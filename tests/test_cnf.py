@@ -12,6 +12,7 @@ import scipy.linalg
 import tensorflow as tf
 
 import keras_node
+from problems import central_differences
 
 D = 2
 W = np.array([[-0.3, 0.8], [-0.7, -0.2]])
@@ -78,12 +79,7 @@ def test_gradients_adjoint_backprop_and_central_differences():
 
     _, adjoint = nll_and_grad("adjoint")
     _, backprop = nll_and_grad("backprop")
-    eps, central = 1e-6, np.zeros_like(W)
-    for i, j in itertools.product(range(D), repeat=2):
-        bump = np.zeros_like(W)
-        bump[i, j] = eps
-        central[i, j] = (nll_and_grad("backprop", W + bump)[0]
-                         - nll_and_grad("backprop", W - bump)[0]) / (2 * eps)
+    central = central_differences(lambda value: nll_and_grad("backprop", value)[0], W)
     np.testing.assert_allclose(backprop, central, atol=1e-7)
     np.testing.assert_allclose(adjoint, central, atol=1e-7)
 

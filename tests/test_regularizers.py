@@ -13,6 +13,7 @@ import scipy.linalg
 import tensorflow as tf
 
 import keras_node
+from problems import central_differences
 
 D, T = 3, 1.3
 K = np.array([[-0.3, 0.8, 0.1], [-0.7, -0.2, 0.4], [0.2, -0.1, -0.5]])
@@ -147,12 +148,7 @@ def test_gradients_adjoint_backprop_and_central_differences():
 
     _, adjoint = loss_and_grad("adjoint")
     _, backprop = loss_and_grad("backprop")
-    eps, central = 1e-6, np.zeros_like(K)
-    for i, j in itertools.product(range(D), repeat=2):
-        bump = np.zeros_like(K)
-        bump[i, j] = eps
-        central[i, j] = (loss_and_grad("backprop", K + bump)[0]
-                         - loss_and_grad("backprop", K - bump)[0]) / (2 * eps)
+    central = central_differences(lambda value: loss_and_grad("backprop", value)[0], K)
     np.testing.assert_allclose(backprop, central, atol=1e-7)
     np.testing.assert_allclose(adjoint, central, atol=1e-7)
 
