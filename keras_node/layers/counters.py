@@ -1,5 +1,9 @@
 """The solver counters of an `ODELayer`, kept as non-trainable Keras weights."""
 
+import tensorflow as tf
+# Private, because no public API tells whether a gradient tape is recording.
+from tensorflow.python.eager import record
+
 from keras_node.adjoint.stats import assign_then
 
 
@@ -23,8 +27,14 @@ class Counters:
                                           counter("num_rejected_backward"), counter("status_backward"))
 
     def record_forward(self, ys, stats):
-        """`ys`, once the forward solve's `nfe` is stored."""
-        return assign_then([(self.nfe_forward, stats["nfe"])], [ys])[0]
+        """`ys`, once the forward solve's `nfe` is stored. A call no
+        gradient tape records (inference: `predict`, `evaluate`, validation)
+        has no backward solve: its `nfe_backward` is 0, not the last
+        training step's count."""
+        assignments = [(self.nfe_forward, stats["nfe"])]
+        if not record.could_possibly_record():
+            assignments.append((self.nfe_backward, tf.constant(0, tf.int32)))
+        return assign_then(assignments, [ys])[0]
 
 
 class BackwardCounters:

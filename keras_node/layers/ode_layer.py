@@ -256,7 +256,8 @@ class ODELayer(keras.layers.Layer):
 
     @property
     def nfe_backward(self):
-        """Function evaluations of the last backward (adjoint) solve."""
+        """Function evaluations of the last call's backward (adjoint) solve:
+        0 when that call computed no gradient (`predict`, validation)."""
         return self._counter_value("nfe_backward")
 
     def _counter_value(self, name):
