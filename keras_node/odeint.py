@@ -127,19 +127,21 @@ def odeint(
     return (ys, stats) if return_stats else ys
 
 
-def solve(func, y0, t, options, name=None):
-    """`odeint` with validated `SolverOptions`: returns `(ys, stats)`."""
+def solve(func, y0, t, options, name=None, recording=None):
+    """`odeint` with validated `SolverOptions`: returns `(ys, stats)`.
+    `recording`: whether a gradient tape outside the graph being built will
+    differentiate the solve (None: the solver sees for itself)."""
     check_callable(func)
     problem = _inputs.problem(y0, t, options)
     where = where_label("odeint", name)
-    jit = _jit_for_backprop(resolve_jit(options, func, problem, where), options, where)
+    jit = _jit_for_backprop(resolve_jit(options, func, problem, where), options, where, recording)
     core = functools.partial(integrate_problem, options=options)
     solution, t_reached = _execution.run(func, ("odeint", options.key()), core, problem, jit)
     ys = _status.guard(solution.ys, solution.status, t_reached, where, options.max_num_steps)
     return problem.pack(ys), stats_dict(solution)
 
 
-def _jit_for_backprop(jit, options, where):
+def _jit_for_backprop(jit, options, where, recording=None):
     """XLA for a solve that gradients may flow through.
 
     A gradient taken outside an XLA-compiled solver loop needs the loop's
@@ -148,7 +150,9 @@ def _jit_for_backprop(jit, options, where):
     without XLA (use `odeint_adjoint`, or compile the whole training step
     with `jit_compile=True`), and `True` is an error.
     """
-    if not jit or _status.in_xla_context() or not record.could_possibly_record():
+    if recording is None:
+        recording = record.could_possibly_record()
+    if not jit or _status.in_xla_context() or not recording:
         return jit
     if options.jit_compile is True:
         raise ValueError(

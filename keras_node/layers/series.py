@@ -62,29 +62,12 @@ class OdeSettings:
         options = self.options
         if t.shape.rank == 2:
             options = dataclasses.replace(options, batch_axis=0)
-        if recording and self.gradient == "backprop":
-            options = _without_xla(options, name)
         if self.gradient == "adjoint":
             ys, _ = solve_adjoint(func, y0, t, options, self.adjoint_options,
                                   variables=variables, name=name)
         else:
-            ys, _ = solve(func, y0, t, options, name=name)
+            ys, _ = solve(func, y0, t, options, name=name, recording=recording)
         return ys
-
-
-def _without_xla(options, name):
-    """Backprop through a solver loop compiled apart from the graph the tape
-    differentiates cannot work (its TensorLists cannot leave XLA): `"auto"`
-    turns XLA off, `True` is an error (as `odeint` decides for itself when
-    it sees the tape)."""
-    if options.jit_compile is True:
-        raise ValueError(
-            f"{name}: jit_compile=True cannot be combined with gradient=\"backprop\" under an "
-            "eager GradientTape. Use gradient=\"adjoint\", compile the training step with "
-            "jit_compile=True (model.compile(jit_compile=True)), or pass jit_compile=\"auto\".")
-    if options.jit_compile == "auto":
-        return dataclasses.replace(options, jit_compile=False)
-    return options
 
 
 def split_inputs(inputs, layer, with_mask=False):
