@@ -72,6 +72,7 @@ def _ode_model(method, dynamics, **layer_options):
     return keras.Sequential([inputs, keras_node.ODELayer(block, **solver, **layer_options)])
 
 
+@pytest.mark.auto_jit  # the real default: the solver loop is a nested XLA function
 @pytest.mark.parametrize("method", ["dopri5", "rk4"])
 @pytest.mark.parametrize("dynamics", ["mlp", "conv"])
 def test_exported_ode_layer_converts_to_tflite_builtins(method, dynamics, tmp_path):
@@ -119,3 +120,23 @@ def test_keras_export_format_onnx(tmp_path):
     for batch in (1, 7):
         x = np.random.default_rng(batch).normal(size=(batch, 3)).astype("float32")
         np.testing.assert_allclose(session.run(None, {name: x})[0], model.predict(x, verbose=0), atol=1e-5)
+
+
+@pytest.mark.auto_jit  # the real default: the solver loop is a nested XLA function
+@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+def test_keras_export_format_litert(method, tmp_path):
+    """Keras' own `model.export(path, format="litert")` (TensorFlow's
+    converter, no extra package) with default layer settings: builtin ops
+    only (no Flex delegate), one model serving batch sizes 1 and 7."""
+    model = _ode_model(method, "mlp")
+    model.predict(np.zeros((2, 3), "float32"), verbose=0)
+    path = str(tmp_path / "model.tflite")
+    model.export(path, format="litert", verbose=False)
+    content = open(path, "rb").read()
+    interpreter = tf.lite.Interpreter(model_content=content)
+    op_names = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert not any(name.startswith("Flex") or name == "CUSTOM" for name in op_names), op_names
+    run = _interpreter(content)
+    for batch in (1, 7):
+        x = np.random.default_rng(batch).normal(size=(batch, 3)).astype("float32")
+        np.testing.assert_allclose(run(x), model.predict(x, verbose=0), atol=1e-5)
