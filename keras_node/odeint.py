@@ -20,6 +20,7 @@ from keras_node import _status
 from keras_node import _xla
 from keras_node._validate import check_bool, short_repr
 from keras_node.options import SolverOptions
+from keras_node.solvers import recompute
 from keras_node.solvers import stops
 from keras_node.solvers.integrate import Controls, integrate
 from keras_node.solvers.per_sample import integrate_per_sample
@@ -176,8 +177,12 @@ def integrate_problem(func, problem, options, tau_out=None, record_steps=None):
         stops=stops.in_solver_time(problem.step_times, problem.jump_times, direction),
         norm_leaves=options.norm_leaves,
     )
-    func = _inputs.normalized_func(func, problem.y0, direction)
+    owner, func = func, _inputs.normalized_func(func, problem.y0, direction)
     tau = tau if tau_out is None else tau_out
+    if options.batch_axis != 0 and _status.in_xla_context() and record.could_possibly_record():
+        # XLA may differentiate the loop: chunk it if it can (recompute.py).
+        controls = controls._replace(variables=recompute.chunkable_variables(
+            owner, func, tf.gather(tau, 0), problem.leaves))
     if options.batch_axis == 0:
         leaves = problem.leaves
         if tau.shape.rank == 1:  # one grid for every sample

@@ -16,10 +16,14 @@ steps and write the same values.
 from typing import NamedTuple, Optional, Tuple
 
 import tensorflow as tf
+# Private, because no public API tells whether a gradient tape is recording
+# (see `chunked` below).
+from tensorflow.python.eager import record
 
 from keras_node import _status
 from keras_node.solvers import interpolation
 from keras_node.solvers import loop_bodies
+from keras_node.solvers import recompute
 from keras_node.solvers import step_control
 from keras_node.solvers import stops
 
@@ -44,6 +48,8 @@ class Controls(NamedTuple):
         `step_control.next_step_size`).
     max_step, stops: adaptive methods only: the step constraints of
         `stops.py` (`max_step`, and the step and jump times).
+    variables: the Keras variables `func` reads, when they are all it
+        reads: lets XLA differentiate the loop in chunks (`recompute.py`).
     """
 
     tableau: object
@@ -57,6 +63,7 @@ class Controls(NamedTuple):
     shrink_after_accept: bool = False
     max_step: Optional[tf.Tensor] = None
     stops: Optional[object] = None  # a `stops.Stops`, solver time
+    variables: Optional[tuple] = None  # Keras variables func reads (recompute.py)
 
 
 class Solution(NamedTuple):
@@ -139,8 +146,13 @@ def integrate(func, y0, t_out, controls, *, f0=None, initial_status=None, record
         controls = controls._replace(norm_leaves=tuple(range(len(y0))))
     num_out = _static_or_dynamic_length(t_out)
     dense = _needs_dense_output(controls, num_out)
+    # Under XLA while a tape records, XLA may differentiate the loop: see
+    # recompute.py for why the loop then runs in chunks when it can.
+    chunked = (_status.in_xla_context() and record.could_possibly_record()
+               and controls.variables is not None)
     inner_loop = tableau.adaptive and loop_bodies.attempts_in_inner_loop(y0)
-    state = _initial_state(func, y0, t_out, num_out, controls, f0, initial_status, record_steps)
+    state = _initial_state(func, y0, t_out, num_out, controls, f0, initial_status, record_steps,
+                           carried_outputs=chunked)
     if dense and inner_loop:
         state = state._replace(last_step=(state.t, tf.zeros_like(state.t),
                                           interpolation.constant(y0, tableau.c_mid is not None)))
@@ -164,7 +176,11 @@ def integrate(func, y0, t_out, controls, *, f0=None, initial_status=None, record
             return (loop_bodies.fixed_step(s, func, t_out, num_out, tableau, controls.step_size,
                                            record_steps),)
 
-    final = tf.while_loop(keep_going, body, (state,), maximum_iterations=controls.max_num_steps)[0]
+    iterations = controls.max_num_steps
+    if chunked:
+        body, iterations = recompute.chunked(body, keep_going, controls.max_num_steps,
+                                             controls.variables)
+    final = tf.while_loop(keep_going, body, (state,), maximum_iterations=iterations)[0]
     unfinished = (final.out_index < num_out) & tf.equal(final.status, _status.SUCCESS)
     recorded_t, recorded_y = None, ()
     if final.records:
@@ -183,9 +199,11 @@ def _needs_dense_output(controls, num_out):
     return controls.tableau.adaptive and not (controls.clip_to_end and num_out == 2)
 
 
-def _initial_state(func, y0, t_out, num_out, controls, f0, initial_status, record_steps):
+def _initial_state(func, y0, t_out, num_out, controls, f0, initial_status, record_steps,
+                   carried_outputs):
     """The loop state before the first step: f0, status, first step size,
-    output buffers (with y0 written), record buffers."""
+    output buffers (with y0 written; tensors if `carried_outputs`), record
+    buffers."""
     tableau, dtype = controls.tableau, y0[0].dtype
     t0 = tf.gather(t_out, 0)
     nfe = tf.constant(0 if f0 is not None else 1, tf.int32)
@@ -210,7 +228,7 @@ def _initial_state(func, y0, t_out, num_out, controls, f0, initial_status, recor
     state = _LoopState(
         t=t0, y=y0, f=f0, dt=dt0, error_ratio=tf.zeros([], dtype),
         out_index=tf.constant(1, tf.int32),
-        ys=loop_bodies.output_buffers(y0, num_out),
+        ys=loop_bodies.output_buffers(y0, num_out, carried=carried_outputs),
         nfe=nfe, num_steps=tf.constant(0, tf.int32), num_rejected=tf.constant(0, tf.int32),
         status=status, records=records,
     )

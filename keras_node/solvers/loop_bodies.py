@@ -25,16 +25,19 @@ from keras_node.solvers.rk_step import rk_step
 _SMALL_BUFFER_BYTES = 512
 
 
-def output_buffers(y0, num_out):
+def output_buffers(y0, num_out, carried=False):
     """One buffer per leaf for the `num_out` outputs, with `y0` written first.
 
     TensorArrays while a gradient tape may record through the loop: TF
     differentiates their writes without keeping the whole buffer per step.
-    Otherwise tensors carried in the loop state, which model converters
-    (TFLite, ONNX) understand; a TensorArray whose element has an unknown
-    batch dimension they do not. The values written are the same.
+    Otherwise, or if `carried` (XLA differentiates TensorArrays no better,
+    and the chunked loop of `recompute.py` passes its state through a
+    custom gradient, which takes tensors only), tensors carried in the loop
+    state, which model converters (TFLite, ONNX) understand; a TensorArray
+    whose element has an unknown batch dimension they do not. The values
+    written are the same.
     """
-    if record.could_possibly_record():
+    if record.could_possibly_record() and not carried:
         return tuple(tf.TensorArray(y.dtype, size=num_out, element_shape=y.shape).write(0, y)
                      for y in y0)
     return tuple(tf.tensor_scatter_nd_update(tf.zeros(tf.concat([[num_out], tf.shape(y)], 0), y.dtype),

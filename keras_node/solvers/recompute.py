@@ -1,0 +1,101 @@
+"""Backprop through the solver loop with bounded memory under XLA.
+
+XLA differentiates a bounded `tf.while_loop` by stacking every intermediate
+its gradient needs for all `maximum_iterations` iterations, taken or not:
+for the solver loop, `max_num_steps` copies of each stage of the state
+(5.4 GB for the 256 x 16 benchmark MLP, benchmarks/RESULTS.md 2a). So when
+XLA may differentiate the loop, `integrate` runs it as an outer loop over
+chunks of about sqrt(max_num_steps) attempts, and each chunk, under a
+custom gradient, keeps only its input state: the backward pass runs the
+chunk again under a tape and differentiates that, one chunk at a time.
+Memory: about sqrt(max_num_steps) loop states plus one chunk's
+intermediates; cost: each chunk runs forward twice. The gradient
+differentiates the same operations, so it is the plain loop's gradient up
+to round-off (step sizes carry none either way, `step_control.py`).
+
+The dynamics' variables enter each chunk as values (`keras.StatelessScope`
+maps each Keras variable to its value read once before the loop): the
+recomputation must not read a variable itself, because TensorFlow's
+while-loop gradient cannot capture a variable's handle into the gradient
+graph ("... is in list of internal_captures but not in
+internal_capture_to_output", TF 2.21). So chunking needs to know every
+variable the dynamics read, and that they are Keras variables
+(`chunkable_variables`); other dynamics keep the plain loop.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+
+def chunk_size(max_num_steps):
+    """Attempts per chunk: about sqrt(max_num_steps), which balances the
+    stacked chunk inputs against one chunk's intermediates."""
+    return max(1, math.isqrt(max_num_steps - 1) + 1)
+
+
+def chunkable_variables(user_func, func, t0, y0):
+    """The Keras variables `func(t0, y0)` reads, as a tuple, when the owner
+    of `user_func` (a Keras layer, or the layer a bound method belongs to)
+    holds them all and `func` (the solver's wrapping of `user_func`) reads
+    no other variable; else None. Traces `func` once (in the graph being
+    built: nothing runs, unused ops are pruned)."""
+    owner = user_func if isinstance(user_func, keras.layers.Layer) else getattr(user_func, "__self__", None)
+    if not isinstance(owner, keras.layers.Layer) or not owner.built:
+        return None  # (an unbuilt layer would create its variables in the probe)
+    variables = tuple(owner.variables)
+    mapping = [(v, tf.convert_to_tensor(v)) for v in variables]
+    with tf.GradientTape(watch_accessed_variables=True) as tape:
+        with keras.StatelessScope(state_mapping=mapping):
+            func(t0, y0)
+    return None if tape.watched_variables() else variables
+
+
+def chunked(body, keep_going, max_num_steps, variables):
+    """`(chunk_body, outer_iterations)`: a loop body running up to
+    `chunk_size(max_num_steps)` iterations of `body` (while `keep_going`)
+    with its gradient recomputed, and the outer loop's bound. `variables`:
+    every variable `body` reads (Keras variables)."""
+    size = chunk_size(max_num_steps)
+    values = [tf.convert_to_tensor(v) for v in variables]  # read once, outside the loop
+
+    def run_flat(template, *leaves):
+        state = tf.nest.pack_sequence_as(template, list(leaves[:len(leaves) - len(values)]))
+        mapping = list(zip(variables, leaves[len(leaves) - len(values):]))
+        with keras.StatelessScope(state_mapping=mapping):
+            state = tf.while_loop(keep_going, body, (state,), maximum_iterations=size)[0]
+        return tf.nest.flatten(state)
+
+    def chunk_body(state):
+        leaves = _recomputed(lambda *leaves: run_flat(state, *leaves), tf.nest.flatten(state) + values)
+        return (tf.nest.pack_sequence_as(state, leaves),)
+
+    return chunk_body, -(-max_num_steps // size)
+
+
+def _recomputed(function, inputs):
+    """`function(*inputs)` (a list of tensors), whose gradient runs it again
+    under a tape rather than keeping its intermediates. Integer and bool
+    tensors (counters, flags) get no gradient."""
+
+    @tf.custom_gradient
+    def forward(*leaves):
+        outputs = function(*leaves)
+
+        def grad_fn(*upstream):
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                again = [tf.identity(leaf) for leaf in leaves]
+                floats = [leaf for leaf in again if leaf.dtype.is_floating]
+                tape.watch(floats)
+                recomputed = function(*again)
+            pairs = [(out, up) for out, up in zip(recomputed, upstream)
+                     if out.dtype.is_floating and up is not None]
+            grads = iter(tape.gradient([out for out, _ in pairs], floats,
+                                       output_gradients=[up for _, up in pairs],
+                                       unconnected_gradients=tf.UnconnectedGradients.ZERO))
+            return [next(grads) if leaf.dtype.is_floating else None for leaf in again]
+
+        return outputs, grad_fn
+
+    return forward(*inputs)
