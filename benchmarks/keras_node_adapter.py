@@ -22,7 +22,9 @@ def run_keras_node(problem, T=None, dtype="float32", rtol=1e-5, atol=1e-7, mode=
                    variant="auto", checkpoints=None, repeats=20, warmup=2) -> dict:
     """Time `keras_node.odeint` / `odeint_adjoint` on `problem` (dopri5).
 
-    Parameters are `tf.Variable`s read by the field (as in a Keras layer).
+    The field is a Keras layer holding the parameters as Keras variables, as
+    an `ODELayer`'s dynamics are (it lets a whole-step XLA compile chunk
+    the backprop loop, keras_node/solvers/recompute.py).
     "adjoint" uses the seminorm, "adjoint_nosemi" the full norm;
     `checkpoints` sets `adjoint_checkpoints` (None: keras_node's default).
     NFE from keras_node's own counters (`return_stats`, `AdjointStats`).
@@ -34,8 +36,8 @@ def run_keras_node(problem, T=None, dtype="float32", rtol=1e-5, atol=1e-7, mode=
     problem, T, dtype = peers._resolve(problem, T, dtype, mode)
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    params = {k: tf.Variable(v) for k, v in problem.params_as(dtype).items()}
-    f = peers.tf_field(problem, params)
+    f = _KerasField(problem, dtype)
+    params = f.params
     ts = tf.constant(problem.times(T, dtype))
     y0 = tf.constant(problem.y0_as(dtype))
     stats = keras_node.AdjointStats()
@@ -72,3 +74,24 @@ def run_keras_node(problem, T=None, dtype="float32", rtol=1e-5, atol=1e-7, mode=
         int(stats.nfe.numpy()) if mode.startswith("adjoint") else None,
         seminorm=mode == "adjoint", grad_h0=None if grads is None else grads[0],
         grad_params=None if grads is None else dict(zip(params, grads[1:])))
+
+
+def _KerasField(problem, dtype):
+    """The problem's field as a Keras layer `layer(t, y)`; `layer.params`
+    maps each parameter name to its Keras variable."""
+    import keras
+
+    class KerasField(keras.layers.Layer):
+        def __init__(self):
+            super().__init__(dtype=dtype)
+            self.params = {
+                name: self.add_weight(shape=value.shape, dtype=dtype, name=name,
+                                      initializer=keras.initializers.Constant(value))
+                for name, value in problem.params_as(dtype).items()}
+            self._field = peers.tf_field(problem, self.params)
+            self.built = True
+
+        def call(self, t, y):
+            return self._field(t, y)
+
+    return KerasField()

@@ -5,10 +5,10 @@ its gradient needs for all `maximum_iterations` iterations, taken or not:
 for the solver loop, `max_num_steps` copies of each stage of the state
 (5.4 GB for the 256 x 16 benchmark MLP, benchmarks/RESULTS.md 2a). So when
 XLA may differentiate the loop, `integrate` runs it as an outer loop over
-chunks of about sqrt(max_num_steps) attempts, and each chunk, under a
+chunks of about sqrt(max_num_steps) / 2 attempts, and each chunk, under a
 custom gradient, keeps only its input state: the backward pass runs the
 chunk again under a tape and differentiates that, one chunk at a time.
-Memory: about sqrt(max_num_steps) loop states plus one chunk's
+Memory: about 2 sqrt(max_num_steps) loop states plus one chunk's
 intermediates; cost: each chunk runs forward twice. The gradient
 differentiates the same operations, so it is the plain loop's gradient up
 to round-off (step sizes carry none either way, `step_control.py`).
@@ -30,9 +30,14 @@ import tensorflow as tf
 
 
 def chunk_size(max_num_steps):
-    """Attempts per chunk: about sqrt(max_num_steps), which balances the
-    stacked chunk inputs against one chunk's intermediates."""
-    return max(1, math.isqrt(max_num_steps - 1) + 1)
+    """Attempts per chunk: sqrt(max_num_steps / 4), rounded up. XLA
+    allocates (and zeroes) both stacks at their full size on every call:
+    the loop states of `max_num_steps / size` chunks, and `size` attempts'
+    intermediates, which are several states each (the stages). Measured on
+    the T = 1 benchmark MLP at the default 10000 (RESULTS.md §11): sizes
+    32-64 fastest, 100 (sqrt) ~30% slower, 16 slower."""
+    quarter = -(-max_num_steps // 4)
+    return max(1, math.isqrt(quarter - 1) + 1)
 
 
 def chunkable_variables(user_func, func, t0, y0):
