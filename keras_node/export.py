@@ -6,9 +6,10 @@ from keras_node import _execution
 def for_converters():
     """Context manager: trace ODE solves for a model converter such as tf2onnx.
 
-    With the default `jit_compile="auto"` (or `True`), a solve traced into
-    a graph is a nested XLA-compiled function, which TensorFlow runs fast
-    but tf2onnx cannot convert ("Unsupported ops: StatefulPartitionedCall").
+    When a solve's loop runs under XLA (`jit_compile=True`, or the default
+    `"auto"` for dynamics such as `MLP`), a graph holds it as a nested
+    XLA-compiled function, which TensorFlow runs fast but tf2onnx cannot
+    convert ("Unsupported ops: StatefulPartitionedCall").
     Graphs traced inside this block hold every solve as plain operations
     instead, whatever the layers' `jit_compile`; the layers keep their
     settings, and graphs traced outside (`predict`, `fit`) keep XLA. Eager
