@@ -2,7 +2,7 @@
 
 Public API: `odeint`, `odeint_adjoint`, `ODELayer`, `CNF`, `divergence`,
 `METHODS`, the time-series `CubicSpline`, `NeuralCDE` and `ODERNN`, and the
-`dynamics` and `callbacks` modules. See the README and API.md.
+`dynamics`, `callbacks` and `export` modules. See the README and API.md.
 """
 
 import keras as _keras
@@ -27,6 +27,7 @@ from keras_node.layers.cde import NeuralCDE as NeuralCDE  # noqa: E402
 from keras_node.layers.odernn import ODERNN as ODERNN  # noqa: E402
 from keras_node import dynamics as dynamics  # noqa: E402
 from keras_node import callbacks as callbacks  # noqa: E402
+from keras_node import export as export  # noqa: E402
 from keras_node.diagnostics import check_gradients as check_gradients  # noqa: E402
 from keras_node.solvers.registry import METHODS as METHODS  # noqa: E402
 
@@ -45,6 +46,7 @@ __all__ = [
     "check_gradients",
     "divergence",
     "dynamics",
+    "export",
     "odeint",
     "odeint_adjoint",
 ]

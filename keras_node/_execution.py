@@ -3,7 +3,8 @@
 `run(func, key, core, arg, jit)` computes `core(func, arg)`:
 
 - while a graph is being built (inside `tf.function`, Keras' `fit`,
-  `predict` ...): inline, or as a nested XLA-compiled function when `jit`;
+  `predict` ...): inline, or as a nested XLA-compiled function when `jit`
+  (inline again inside `inline_in_graphs()`, for model converters);
 - eagerly: through a `tf.function` of `core` (XLA-compiled when `jit`) built
   once per `(func, key, jit)`, where `key` holds the options that shape the
   computation. `arg` (the call's tensors and a few Python values such as the
@@ -23,6 +24,8 @@ The cache holds the user's function weakly (bound methods by their object),
 so it never keeps a model alive.
 """
 
+import contextlib
+import threading
 import weakref
 
 import tensorflow as tf
@@ -30,6 +33,7 @@ import tensorflow as tf
 from keras_node import _status
 
 _CACHE = weakref.WeakKeyDictionary()
+_INLINE = threading.local()  # .active: inside inline_in_graphs() (per thread: tracing is)
 
 
 def _owner_and_method(func):
@@ -109,13 +113,36 @@ def _compiled(func, key, core, jit, arg):
 
 def run(func, key, core, arg, jit=False):
     """`core(func, arg)`: compiled once per `(func, key, jit)` when eager;
-    inline in graphs (a nested XLA function when `jit`)."""
+    inline in graphs (a nested XLA function when `jit`, except inside
+    `inline_in_graphs()`)."""
     if tf.executing_eagerly():
         compiled, args = _compiled(func, key, core, jit, arg)
         return compiled(*args)
-    if jit and not _status.in_xla_context():
+    if jit and not _status.in_xla_context() and not getattr(_INLINE, "active", False):
         return tf.function(lambda: core(func, arg), autograph=False, jit_compile=True)()
     return core(func, arg)
+
+
+@contextlib.contextmanager
+def inline_in_graphs():
+    """Graphs traced inside build every solve inline, never as a nested XLA
+    function (eager calls are unchanged).
+
+    Why a separate trace for model converters: tf2onnx cannot convert a
+    nested XLA function (grappler never inlines a call TensorFlow must
+    compile), and the inline alternative, `tf.xla.experimental.jit_scope`,
+    does not compile the loop: TensorFlow lowers the while loop to
+    Switch/Merge before clustering, and, kept functional, auto-clustering
+    rejects a loop that reads resource variables, as every Keras dynamics'
+    loop does (benchmarks/RESULTS.md, 11). So `predict` and `fit` keep the
+    nested XLA function, and converters get this trace.
+    """
+    previous = getattr(_INLINE, "active", False)
+    _INLINE.active = True
+    try:
+        yield
+    finally:
+        _INLINE.active = previous
 
 
 def traced_variables(func, key, core, arg, jit=False):

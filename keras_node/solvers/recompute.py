@@ -34,7 +34,7 @@ def chunk_size(max_num_steps):
     allocates (and zeroes) both stacks at their full size on every call:
     the loop states of `max_num_steps / size` chunks, and `size` attempts'
     intermediates, which are several states each (the stages). Measured on
-    the T = 1 benchmark MLP at the default 10000 (RESULTS.md §11): sizes
+    the T = 1 benchmark MLP at the default 10000 (RESULTS.md §12): sizes
     32-64 fastest, 100 (sqrt) ~30% slower, 16 slower."""
     quarter = -(-max_num_steps // 4)
     return max(1, math.isqrt(quarter - 1) + 1)
