@@ -16,9 +16,6 @@ steps and write the same values.
 from typing import NamedTuple, Optional, Tuple
 
 import tensorflow as tf
-# Private, because no public API tells whether a gradient tape is recording
-# (see `chunked` below).
-from tensorflow.python.eager import record
 
 from keras_node import _status
 from keras_node.solvers import interpolation
@@ -48,8 +45,10 @@ class Controls(NamedTuple):
         `step_control.next_step_size`).
     max_step, stops: adaptive methods only: the step constraints of
         `stops.py` (`max_step`, and the step and jump times).
-    variables: the Keras variables `func` reads, when they are all it
-        reads: lets XLA differentiate the loop in chunks (`recompute.py`).
+    variables: the Keras variables `func` reads, set (by
+        `odeint.integrate_problem`) only when XLA may differentiate the loop
+        and they are all `func` reads: the loop then runs in chunks whose
+        gradient is recomputed (`recompute.py`).
     """
 
     tableau: object
@@ -63,7 +62,7 @@ class Controls(NamedTuple):
     shrink_after_accept: bool = False
     max_step: Optional[tf.Tensor] = None
     stops: Optional[object] = None  # a `stops.Stops`, solver time
-    variables: Optional[tuple] = None  # Keras variables func reads (recompute.py)
+    variables: Optional[tuple] = None
 
 
 class Solution(NamedTuple):
@@ -146,10 +145,7 @@ def integrate(func, y0, t_out, controls, *, f0=None, initial_status=None, record
         controls = controls._replace(norm_leaves=tuple(range(len(y0))))
     num_out = _static_or_dynamic_length(t_out)
     dense = _needs_dense_output(controls, num_out)
-    # Under XLA while a tape records, XLA may differentiate the loop: see
-    # recompute.py for why the loop then runs in chunks when it can.
-    chunked = (_status.in_xla_context() and record.could_possibly_record()
-               and controls.variables is not None)
+    chunked = controls.variables is not None  # see `Controls.variables`
     inner_loop = tableau.adaptive and loop_bodies.attempts_in_inner_loop(y0)
     state = _initial_state(func, y0, t_out, num_out, controls, f0, initial_status, record_steps,
                            carried_outputs=chunked)

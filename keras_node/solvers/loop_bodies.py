@@ -30,12 +30,11 @@ def output_buffers(y0, num_out, carried=False):
 
     TensorArrays while a gradient tape may record through the loop: TF
     differentiates their writes without keeping the whole buffer per step.
-    Otherwise, or if `carried` (XLA differentiates TensorArrays no better,
-    and the chunked loop of `recompute.py` passes its state through a
-    custom gradient, which takes tensors only), tensors carried in the loop
-    state, which model converters (TFLite, ONNX) understand; a TensorArray
-    whose element has an unknown batch dimension they do not. The values
-    written are the same.
+    Otherwise, or if `carried` (the chunked loop of `recompute.py` passes
+    its state through a custom gradient, which takes tensors only), tensors
+    carried in the loop state, which model converters (TFLite, ONNX)
+    understand; a TensorArray whose element has an unknown batch dimension
+    they do not. The values written are the same.
     """
     if record.could_possibly_record() and not carried:
         return tuple(tf.TensorArray(y.dtype, size=num_out, element_shape=y.shape).write(0, y)

@@ -66,8 +66,9 @@ def chunked(body, keep_going, max_num_steps, variables):
     values = [tf.convert_to_tensor(v) for v in variables]  # read once, outside the loop
 
     def run_flat(template, *leaves):
-        state = tf.nest.pack_sequence_as(template, list(leaves[:len(leaves) - len(values)]))
-        mapping = list(zip(variables, leaves[len(leaves) - len(values):]))
+        split = len(leaves) - len(values)
+        state = tf.nest.pack_sequence_as(template, list(leaves[:split]))
+        mapping = list(zip(variables, leaves[split:]))
         with keras.StatelessScope(state_mapping=mapping):
             state = tf.while_loop(keep_going, body, (state,), maximum_iterations=size)[0]
         return tf.nest.flatten(state)
