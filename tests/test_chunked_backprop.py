@@ -70,13 +70,13 @@ def _gradient(func, variables, solver, jit):
 @pytest.fixture
 def chunk_calls(monkeypatch):
     calls = []
-    original = recompute.chunked
+    original = recompute.checkpointed_loop
 
     def spy(*args):
-        calls.append(args[2])  # max_num_steps
+        calls.append(args[3])  # max_num_steps
         return original(*args)
 
-    monkeypatch.setattr(recompute, "chunked", spy)
+    monkeypatch.setattr(recompute, "checkpointed_loop", spy)
     return calls
 
 
@@ -87,6 +87,18 @@ def test_chunked_gradient_equals_plain_backprop(method, chunk_calls):
     assert not chunk_calls  # a plain graph keeps the plain loop
     got = _gradient(field, field.trainable_variables, SOLVERS[method], jit=True)
     assert chunk_calls == [100]  # chunks of 5 attempts; the solve takes 60 (rk4) or ~25
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_a_solve_within_the_first_chunk_equals_plain_backprop(chunk_calls):
+    # Default max_num_steps: chunks of 50 attempts, more than the solve takes,
+    # so only the plain first chunk runs (nothing recomputed).
+    field = _field()
+    solver = dict(SOLVERS["dopri5"], max_num_steps=10_000)
+    expected = _gradient(field, field.trainable_variables, solver, jit=False)
+    got = _gradient(field, field.trainable_variables, solver, jit=True)
+    assert chunk_calls == [10_000]
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 

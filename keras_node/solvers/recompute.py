@@ -4,16 +4,20 @@ XLA differentiates a bounded `tf.while_loop` by stacking every intermediate
 its gradient needs for all `maximum_iterations` iterations, taken or not:
 for the solver loop, `max_num_steps` copies of each stage of the state
 (5.4 GB for the 256 x 16 benchmark MLP, benchmarks/RESULTS.md 2a). So when
-XLA may differentiate the loop, `integrate` runs it as an outer loop over
-chunks of about sqrt(max_num_steps) / 2 attempts, and each chunk, under a
-custom gradient, keeps only its input state: the backward pass runs the
-chunk again under a tape and differentiates that, one chunk at a time.
-Memory: about 2 sqrt(max_num_steps) loop states plus one chunk's
-intermediates; cost: each chunk runs forward twice. The gradient
+XLA may differentiate the loop, `integrate` runs its first `chunk_size`
+(about sqrt(max_num_steps) / 2) attempts as a plain loop, whose
+intermediates XLA keeps, and the rest as an outer loop over chunks of that
+many attempts, each under a custom gradient that keeps only its input
+state: the backward pass runs the chunk again under a tape and
+differentiates that, one chunk at a time. Most solves end within the first
+chunk and recompute nothing (RESULTS.md §12: 0.85x diffrax's backprop,
+against 1.17x when every chunk was recomputed).
+Memory: about 2 sqrt(max_num_steps) loop states plus two chunks'
+intermediates; cost: chunks after the first run forward twice. The gradient
 differentiates the same operations, so it is the plain loop's gradient up
 to round-off (step sizes carry none either way, `step_control.py`).
 
-The dynamics' variables enter each chunk as values (`keras.StatelessScope`
+The dynamics' variables enter each recomputed chunk as values (`keras.StatelessScope`
 maps each Keras variable to its value read once before the loop): the
 recomputation must not read a variable itself, because TensorFlow's
 while-loop gradient cannot capture a variable's handle into the gradient
@@ -57,27 +61,32 @@ def chunkable_variables(user_func, func, t0, y0):
     return None if tape.watched_variables() else variables
 
 
-def chunked(body, keep_going, max_num_steps, variables):
-    """`(chunk_body, outer_iterations)`: a loop body running up to
-    `chunk_size(max_num_steps)` iterations of `body` (while `keep_going`)
-    with its gradient recomputed, and the outer loop's bound. `variables`:
-    every variable `body` reads (Keras variables)."""
+def checkpointed_loop(keep_going, body, state, max_num_steps, variables):
+    """`tf.while_loop(keep_going, body, (state,))` for up to `max_num_steps`
+    iterations, with bounded gradient memory: the first `chunk_size`
+    iterations are a plain loop (XLA stacks their intermediates, which most
+    solves need no more than: no recomputation), the rest run in chunks
+    whose gradient is recomputed. `variables`: every variable `body` reads
+    (Keras variables). Returns the final state."""
     size = chunk_size(max_num_steps)
+    state = tf.while_loop(keep_going, body, (state,), maximum_iterations=size)[0]
     values = [tf.convert_to_tensor(v) for v in variables]  # read once, outside the loop
 
     def run_flat(template, *leaves):
         split = len(leaves) - len(values)
-        state = tf.nest.pack_sequence_as(template, list(leaves[:split]))
+        chunk_state = tf.nest.pack_sequence_as(template, list(leaves[:split]))
         mapping = list(zip(variables, leaves[split:]))
         with keras.StatelessScope(state_mapping=mapping):
-            state = tf.while_loop(keep_going, body, (state,), maximum_iterations=size)[0]
-        return tf.nest.flatten(state)
+            chunk_state = tf.while_loop(keep_going, body, (chunk_state,), maximum_iterations=size)[0]
+        return tf.nest.flatten(chunk_state)
 
-    def chunk_body(state):
-        leaves = _recomputed(lambda *leaves: run_flat(state, *leaves), tf.nest.flatten(state) + values)
-        return (tf.nest.pack_sequence_as(state, leaves),)
+    def chunk_body(chunk_state):
+        leaves = _recomputed(lambda *leaves: run_flat(chunk_state, *leaves),
+                             tf.nest.flatten(chunk_state) + values)
+        return (tf.nest.pack_sequence_as(chunk_state, leaves),)
 
-    return chunk_body, -(-max_num_steps // size)
+    remaining_chunks = -(-max_num_steps // size) - 1
+    return tf.while_loop(keep_going, chunk_body, (state,), maximum_iterations=remaining_chunks)[0]
 
 
 def _recomputed(function, inputs):
