@@ -64,7 +64,11 @@ def _probe(func, leaves, t_dtype, owner, per_sample):
         graph = traced.get_concrete_function(t_spec, *specs).graph
         op_types = frozenset(_op_types(graph.as_graph_def()))
         try:
-            traced.experimental_get_compiler_ir(t_spec, *specs)(stage="hlo")
+            # Outside the graph being built: the lowering makes random inputs
+            # for the specs, which would otherwise stay in the caller's graph
+            # and run (stateful ops are not pruned) on every call.
+            with tf.init_scope():
+                traced.experimental_get_compiler_ir(t_spec, *specs)(stage="hlo")
             unsupported = ""
         except (ValueError, tf.errors.OpError) as error:
             found = re.findall(r"No registered '(\w+)' OpKernel for XLA", str(error))
