@@ -154,3 +154,22 @@ def test_dynamics_reading_tensors_of_the_enclosing_function():
 
     ys = solve(tf.ones([1]), tf.constant(0.5))
     np.testing.assert_allclose(ys.numpy()[-1], np.exp(-1.0), rtol=1e-6)
+
+
+@pytest.mark.auto_jit
+def test_a_solve_adds_few_ops_around_its_compiled_loop():
+    """What runs on every call around the nested XLA function: one status
+    check (a switch_case, not one conditional per cause) and nothing from
+    the `jit_compile="auto"` probe (its random inputs once leaked into the
+    caller's graph as stateful ops that ran on every call)."""
+
+    @tf.function(autograph=False)
+    def solve(y0):
+        return keras_node.odeint(lambda t, y: -y, y0, T, return_stats=True)
+
+    graph = solve.get_concrete_function(Y0).graph
+    op_types = [op.type for op in graph.get_operations()]
+    assert op_types.count("PartitionedCall") == 1  # the compiled solve
+    assert op_types.count("Case") == 1 and "If" not in op_types and "StatelessIf" not in op_types
+    assert not [t for t in op_types if t.startswith("Random")]
+    assert len(op_types) < 30, op_types
