@@ -47,7 +47,8 @@ class Controls(NamedTuple):
         `stops.py` (`max_step`, and the step and jump times).
     variables: the Keras variables `func` reads, set (by
         `odeint.integrate_problem`) only when XLA may differentiate the loop
-        and they are all `func` reads: the loop then runs in chunks whose
+        and they are all `func` reads: the loop (here or in
+        `per_sample.py`) then runs its later attempts in chunks whose
         gradient is recomputed (`recompute.py`).
     """
 
