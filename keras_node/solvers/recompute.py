@@ -11,7 +11,7 @@ intermediates XLA keeps, and the rest as an outer loop over chunks of that
 many attempts, each under a custom gradient that keeps only its input
 state: the backward pass runs the chunk again under a tape and
 differentiates that, one chunk at a time. Most solves end within the first
-chunk and recompute nothing (RESULTS.md §12: 0.85x diffrax's backprop,
+chunk and recompute nothing (RESULTS.md §13: 0.80-0.97x diffrax's backprop,
 against 1.17x when every chunk was recomputed).
 Memory: about 2 sqrt(max_num_steps) loop states plus two chunks'
 intermediates; cost: chunks after the first run forward twice. The gradient
