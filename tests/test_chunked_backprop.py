@@ -82,40 +82,36 @@ def chunk_calls(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("method", ["dopri5", "rk4"])
-def test_chunked_gradient_equals_plain_backprop(method, chunk_calls):
+def _check_chunked_equals_plain(solver, chunk_calls):
+    """The gradient under XLA (chunked loop) equals the plain graph's
+    (plain loop) to round-off; returns the spy's calls for the XLA run."""
     field = _field()
-    expected = _gradient(field, field.trainable_variables, SOLVERS[method], jit=False)
+    expected = _gradient(field, field.trainable_variables, solver, jit=False)
     assert not chunk_calls  # a plain graph keeps the plain loop
-    got = _gradient(field, field.trainable_variables, SOLVERS[method], jit=True)
-    assert chunk_calls == [100]  # chunks of 5 attempts; the solve takes 60 (rk4) or ~25
+    got = _gradient(field, field.trainable_variables, solver, jit=True)
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    return chunk_calls
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+def test_chunked_gradient_equals_plain_backprop(method, chunk_calls):
+    # Chunks of 5 attempts; the solve takes 60 (rk4) or ~25.
+    assert _check_chunked_equals_plain(SOLVERS[method], chunk_calls) == [100]
 
 
 def test_a_solve_within_the_first_chunk_equals_plain_backprop(chunk_calls):
     # Default max_num_steps: chunks of 50 attempts, more than the solve takes,
     # so only the plain first chunk runs (nothing recomputed).
-    field = _field()
     solver = dict(SOLVERS["dopri5"], max_num_steps=10_000)
-    expected = _gradient(field, field.trainable_variables, solver, jit=False)
-    got = _gradient(field, field.trainable_variables, solver, jit=True)
-    assert chunk_calls == [10_000]
-    for a, b in zip(got, expected):
-        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    assert _check_chunked_equals_plain(solver, chunk_calls) == [10_000]
 
 
 def test_per_sample_chunked_gradient_equals_plain_backprop(chunk_calls):
     # batch_axis=0: every sample steps on its own; the per-sample loop is
     # chunked the same way (outputs spread over several chunks of 5).
-    field = _field()
     solver = dict(SOLVERS["dopri5"], batch_axis=0)
-    expected = _gradient(field, field.trainable_variables, solver, jit=False)
-    assert not chunk_calls
-    got = _gradient(field, field.trainable_variables, solver, jit=True)
-    assert chunk_calls == [100]
-    for a, b in zip(got, expected):
-        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    assert _check_chunked_equals_plain(solver, chunk_calls) == [100]
 
 
 def test_chunked_gradient_matches_central_differences(chunk_calls):
