@@ -173,12 +173,8 @@ def integrate(func, y0, t_out, controls, *, f0=None, initial_status=None, record
             return (loop_bodies.fixed_step(s, func, t_out, num_out, tableau, controls.step_size,
                                            record_steps),)
 
-    if chunked:
-        final = recompute.checkpointed_loop(keep_going, body, state, controls.max_num_steps,
-                                            controls.variables)
-    else:
-        final = tf.while_loop(keep_going, body, (state,),
-                              maximum_iterations=controls.max_num_steps)[0]
+    final = recompute.solver_loop(keep_going, body, state, controls.max_num_steps,
+                                  controls.variables)
     unfinished = (final.out_index < num_out) & tf.equal(final.status, _status.SUCCESS)
     recorded_t, recorded_y = None, ()
     if final.records:

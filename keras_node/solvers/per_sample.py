@@ -80,12 +80,8 @@ def integrate_per_sample(func, y0, t_out, controls, *, initial_status=None):
             return (_adaptive_step(s, active, func, t_out, num_out, controls),)
         return (_fixed_step(s, active, func, t_out, num_out, controls),)
 
-    if controls.variables is not None:  # see `integrate.Controls.variables`
-        final = recompute.checkpointed_loop(keep_going, body, state, controls.max_num_steps,
-                                            controls.variables)
-    else:
-        final = tf.while_loop(keep_going, body, (state,),
-                              maximum_iterations=controls.max_num_steps)[0]
+    final = recompute.solver_loop(keep_going, body, state, controls.max_num_steps,
+                                  controls.variables)
     unfinished = (final.out_index < num_out) & tf.equal(final.status, _status.SUCCESS)
     return Solution(
         ys=final.ys, t_reached=final.t, last_dt=final.dt, nfe=final.nfe,

@@ -62,6 +62,16 @@ def chunkable_variables(user_func, func, t0, y0):
     return None if tape.watched_variables() else variables
 
 
+def solver_loop(keep_going, body, state, max_num_steps, variables=None):
+    """The solver's `tf.while_loop` over up to `max_num_steps` iterations:
+    checkpointed (`checkpointed_loop`) when `variables` is given, which
+    `odeint.integrate_problem` does only when XLA may differentiate the loop
+    (`integrate.Controls.variables`), else plain. Returns the final state."""
+    if variables is not None:
+        return checkpointed_loop(keep_going, body, state, max_num_steps, variables)
+    return tf.while_loop(keep_going, body, (state,), maximum_iterations=max_num_steps)[0]
+
+
 def checkpointed_loop(keep_going, body, state, max_num_steps, variables):
     """`tf.while_loop(keep_going, body, (state,))` for up to `max_num_steps`
     iterations, with bounded gradient memory: the first `chunk_size`
