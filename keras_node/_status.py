@@ -107,7 +107,7 @@ def _guard_per_sample(outputs, status, t_reached, where, max_num_steps, sample_a
                 int(status[first]), where, max_num_steps, first, len(failed_indices))
                 + f". Time reached by sample {first}: t = {float(t_reached[first]):.6g}")
         return list(outputs)
-    first = tf.argmax(tf.cast(failed, tf.int32), output_type=tf.int32)
+    first = tf.argmax(tf.cast(failed, tf.float32), output_type=tf.int32)  # GPU: float ArgMax
     checks = _checked(tf.gather(status, first), lambda code: [
         _sample_message(code, where, max_num_steps, None, None) + ". First failed sample:",
         first, "time reached:", tf.gather(t_reached, first)])

@@ -1,23 +1,21 @@
 """`keras_node.odeint_event`: solve until an event function crosses zero.
 
-Two parts. The search (`solvers/events.py`, compiled like every solve, no
-gradient) steps until an event function changes sign and locates the root
-on the step's dense output. The state at the event, with its gradient, is
-the solution of a second solve from `t0` to the (constant) event time, by
-`odeint_adjoint` or `odeint` as `gradient=` says; the event time's own
-gradient comes from the implicit function theorem: with g(t*, y(t*)) = 0,
-dt* = -(dg/dy . dy + dg/dtheta) / (dg/dt + dg/dy . f), added as a term whose
-value is zero.
+One solve. The search (`solvers/events.py`; `_event_cores.py` runs it)
+steps until an event function changes sign, locates the root on the step's
+dense output and returns the state there. Its gradient at the (constant)
+event time is, as `gradient=` says, the adjoint's (the search is the
+forward pass of `odeint_adjoint`'s custom gradient and records states for
+the backward pass to re-anchor at) or backprop through the search's loop.
+The event time's own gradient comes from the implicit function theorem:
+with g(t*, y(t*)) = 0, dt* = -(dg/dy . dy + dg/dtheta) / (dg/dt + dg/dy . f),
+added as a term whose value is zero.
 """
 
 import functools
 
 import tensorflow as tf
-# Private, for the same reason as in adjoint/__init__.py: the search is not
-# differentiated (its gradient is the implicit function theorem's), so no
-# tape may record it.
-from tensorflow.python.eager import record
 
+from keras_node import _event_cores
 from keras_node import _execution
 from keras_node import _inputs
 from keras_node import _nest
@@ -25,11 +23,8 @@ from keras_node import _status
 from keras_node._times import convert_times
 from keras_node._validate import check_bool, check_choice, short_repr
 from keras_node.adjoint import solve_adjoint
-from keras_node.odeint import (check_callable, direction_and_tau, resolve_jit, solve,
-                               to_user_time, where_label)
+from keras_node.odeint import check_callable, jit_for_backprop, resolve_jit, where_label
 from keras_node.options import AdjointOptions, SolverOptions
-from keras_node.solvers import events as event_search
-from keras_node.solvers.integrate import Controls
 
 __all__ = ["odeint_event"]
 
@@ -69,9 +64,9 @@ def odeint_event(
             `event_index` (which event function fired, -1 for none).
 
     The root is located to float precision on the dense output of the step
-    that brackets it, with no extra evaluations of `func`. The state there
-    comes from a second solve to the event time, which carries the gradient
-    (about as many evaluations again).
+    that brackets it, and the state there is that dense output's value: no
+    evaluations of `func` beyond the search's steps (and one at the event,
+    for the time's gradient).
 
     Returns:
         `(t_event, y_event)`, or `(t_event, y_event, stats)`. Gradients flow
@@ -98,19 +93,34 @@ def odeint_event(
                             batch_axis=batch_axis)
     settings = _settings(func, event_fn, t_max, direction, gradient, options, name)
     check_bool(return_stats, "return_stats")
-    per_sample = options.batch_axis == 0
-    t0, t_max = _span_ends(t0, t_max, per_sample)
-    # Without t_max the search runs to infinity (_search_core); t0 + 1 only
-    # gives the problem its direction.
+    t0, t_max = _span_ends(t0, t_max, options.batch_axis == 0)
+    # The grid's end gives the direction and the span. Without t_max the
+    # search runs to infinity (_search); t0 + 1 only gives the direction.
+    # The end carries no gradient here: t_max's is added in _with_time_terms.
     end = t_max if t_max is not None else t0 + 1.0
-    problem = _inputs.problem(y0, tf.stack([t0, end], axis=-1), options)
-    jit = resolve_jit(options, func, problem, settings.where)
-    core = functools.partial(_search_core, settings=settings)
-    with record.stop_recording():
-        t_found, index, stats, t_reached = _execution.run(func, settings.key(), core, problem, jit)
-    t_found, = _status.guard([t_found], stats["status"], t_reached, settings.where,
-                             options.max_num_steps, sample_axis=0)
-    t_event, y_event = _state_at_event(func, y0, t0, t_found, index, t_max, variables, settings)
+    grid = tf.stack([t0, tf.stop_gradient(end)], axis=-1)
+    if settings.gradient == "adjoint":
+        forward_core = functools.partial(_event_cores.adjoint_forward_core, event=settings)
+        ys, stats = solve_adjoint(func, y0, grid, options, AdjointOptions(), variables=variables,
+                                  name=settings.where,
+                                  forward=(forward_core, settings.key()))
+        y_event = [y[-1] for y in tf.nest.flatten(ys)]
+        t_found, index = stats.pop("event_t"), stats.pop("event_index")
+        t_reached, structure = stats.pop("t_reached"), ys
+    else:
+        problem = _inputs.problem(y0, grid, options)
+        xla_works = resolve_jit(options, func, problem, settings.where)
+        jit = jit_for_backprop(xla_works, options, settings.where)
+        # Outside XLA (a tape records), the root search alone can still use it.
+        core = functools.partial(_event_cores.backprop_core, settings=settings,
+                                 compile_root_search=bool(xla_works) and not jit)
+        t_found, index, stats, t_reached, y_event = _execution.run(func, settings.key(), core,
+                                                                   problem, jit)
+        y_event = [tf.cast(y, problem.dtype) for y in y_event]
+        structure = problem.y0
+    t_found, *y_event = _status.guard([t_found] + y_event, stats["status"], t_reached,
+                                      settings.where, options.max_num_steps, sample_axis=0)
+    t_event, y_event = _with_time_terms(func, t_found, y_event, index, t_max, structure, settings)
     stats["event_index"] = index
     return (t_event, y_event, stats) if return_stats else (t_event, y_event)
 
@@ -125,7 +135,7 @@ class _Settings:
     def key(self):
         # The compiled search holds event_fn, so its id stays unique.
         return ("odeint_event", self.options.key(), id(self.event_fn), self.has_t_max,
-                self.direction, self.where)
+                self.direction, self.gradient, self.where)
 
 
 def _settings(func, event_fn, t_max, direction, gradient, options, name):
@@ -167,91 +177,19 @@ def _span_ends(t0, t_max, per_sample):
     return t0, t_max
 
 
-def _search_core(func, problem, settings):
-    """The search (a core of `_execution.run`): event time (user time),
-    event index, stats and time reached."""
-    options = settings.options
-    sign, tau, initial_status = direction_and_tau(problem)
-    if not settings.has_t_max:
-        infinity = tf.constant(float("inf"), tau.dtype)
-        tau = tf.concat([tau[..., :1], tf.fill(tf.shape(tau[..., 1:]), infinity)], -1)
-    controls = Controls(tableau=options.tableau, rtol=problem.rtol, atol=problem.atol,
-                        max_num_steps=options.max_num_steps, first_step=problem.first_step)
-    func = _inputs.normalized_func(func, problem.y0, sign)
-    event_fn = _normalized_event_fn(settings.event_fn, problem.y0, sign, options.batch_axis == 0)
-    leaves = problem.leaves
-    if options.batch_axis == 0:
-        if tau.shape.rank == 1:
-            tau = tf.broadcast_to(tau, tf.concat([tf.shape(leaves[0])[:1], [2]], 0))
-    else:  # a joint solve is a batch of one
-        func, event_fn = _batch_of_one(func), _batch_of_one(event_fn)
-        leaves, tau = tuple(y[None] for y in leaves), tau[None]
-    found = event_search.search(func, event_fn, leaves, tau, controls, settings.direction,
-                                initial_status)
-    stats = {"nfe": found.nfe, "num_steps": found.num_steps, "num_rejected": found.num_rejected,
-             "status": found.status}
-    t_event, t_reached = to_user_time(found.t, sign), to_user_time(found.t_reached, sign)
-    index = found.event_index
-    if options.batch_axis != 0:
-        t_event, index, t_reached = t_event[0], index[0], t_reached[0]
-        stats = {k: v if k == "nfe" else v[0] for k, v in stats.items()}
-    return t_event, index, stats, t_reached
-
-
-def _batch_of_one(fn):
-    """`fn(tau, leaves)` of a joint problem as a per-sample one of batch 1."""
-    def wrapped(tau, leaves):
-        out = fn(tau[0], tuple(y[0] for y in leaves))
-        return tf.nest.map_structure(lambda v: v[None], out)
-    return wrapped
-
-
-def _normalized_event_fn(event_fn, structure, sign, per_sample):
-    """`event_fn(tau, leaves) -> (k,)` per problem (`(batch, k)` per sample),
-    in the solve dtype; the shape is checked once, while tracing."""
-    def wrapped(tau, leaves):
-        t = tau if _inputs.is_plus_one(sign) else tau * sign
-        with tf.name_scope("event_fn"):
-            g = tf.convert_to_tensor(event_fn(t, tf.nest.pack_sequence_as(structure, list(leaves))))
-        return tf.cast(_as_event_matrix(g, leaves[0], per_sample), leaves[0].dtype)
-    return wrapped
-
-
-def _as_event_matrix(g, first_leaf, per_sample):
-    rank = g.shape.rank
-    batch = first_leaf.shape[0] if per_sample else None
-    ok_rank = rank in ((1, 2) if per_sample else (0, 1))
-    ok_batch = not per_sample or batch is None or g.shape[0] is None or g.shape[0] == batch
-    if not (ok_rank and ok_batch):
-        expected = (f"(batch,) or (batch, k) with batch = {batch}" if per_sample
-                    else "a scalar or a vector (k,) of event values")
-        raise ValueError(f"event_fn(t, y) must return {expected}. Received: shape {g.shape}")
-    if per_sample:
-        return g if rank == 2 else g[:, None]
-    return tf.reshape(g, [-1])
-
-
-def _state_at_event(func, y0, t0, t_found, index, t_max, variables, settings):
-    """`(t_event, y_event)` with gradients: the state from a solve to the
-    (constant) event time, plus the implicit function theorem's term for
-    the time, whose value is zero."""
-    options = settings.options
-    per_sample = options.batch_axis == 0
+def _with_time_terms(func, t_found, y_end, index, t_max, structure, settings):
+    """`(t_event, y_event)` from the search's results, with the gradient of
+    the end time: the implicit function theorem's where an event fired,
+    t_max's where none did (y_end's gradient holds the end time constant).
+    Both are terms whose value is zero."""
+    per_sample = settings.options.batch_axis == 0
     found = index >= 0
     t_stop = tf.stop_gradient(t_found)
-    t_end = t_stop if t_max is None else tf.where(found, t_stop, tf.cast(t_max, t_stop.dtype))
-    grid = tf.stack([tf.cast(t0, t_end.dtype) + tf.zeros_like(t_end), t_end], axis=-1)
-    if settings.gradient == "adjoint":
-        ys, _ = solve_adjoint(func, y0, grid, options, AdjointOptions(), variables=variables,
-                              name=settings.where)
-    else:
-        ys, _ = solve(func, y0, grid, options, name=settings.where)
-    y_end = [y[-1] for y in tf.nest.flatten(ys)]
     fired = tf.maximum(index, 0)
 
     def fired_value(y):  # the value of the event function that fired
-        g = tf.convert_to_tensor(settings.event_fn(t_stop, tf.nest.pack_sequence_as(ys, y)))
-        g = tf.cast(_as_event_matrix(g, y[0], per_sample), t_stop.dtype)
+        g = tf.convert_to_tensor(settings.event_fn(t_stop, tf.nest.pack_sequence_as(structure, y)))
+        g = tf.cast(_event_cores.as_event_matrix(g, y[0], per_sample), t_stop.dtype)
         return tf.gather(g, fired, batch_dims=1) if per_sample else tf.gather(g, fired)
 
     # d/dt of the fired event function along the solution, at the event.
@@ -262,14 +200,17 @@ def _state_at_event(func, y0, t0, t_found, index, t_max, variables, settings):
     g_t, *g_y = tape.gradient(total, [t_stop] + y_stop,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
     f = [tf.stop_gradient(tf.cast(v, y.dtype)) for v, y in
-         zip(tf.nest.flatten(func(t_stop, tf.nest.pack_sequence_as(ys, y_stop))), y_stop)]
+         zip(tf.nest.flatten(func(t_stop, tf.nest.pack_sequence_as(structure, y_stop))), y_stop)]
     rate = g_t + tf.add_n([_sum_per_problem(a * b, per_sample) for a, b in zip(g_y, f)])
     rate = tf.stop_gradient(tf.where(found, rate, tf.ones_like(rate)))
     shift = -fired_value(y_end) / rate
     shift = tf.where(found, shift - tf.stop_gradient(shift), tf.zeros_like(shift))
+    if t_max is not None:
+        t_max = tf.cast(t_max, t_stop.dtype)
+        shift += tf.where(found, tf.zeros_like(shift), t_max - tf.stop_gradient(t_max))
     y_event = [y + (_nest.per_sample(shift, y) if per_sample else shift) * tf.cast(v, y.dtype)
                for y, v in zip(y_end, f)]
-    return t_end + shift, tf.nest.pack_sequence_as(ys, y_event)
+    return t_stop + shift, tf.nest.pack_sequence_as(structure, y_event)
 
 
 def _sum_per_problem(x, per_sample):

@@ -144,9 +144,9 @@ def _compact(t, y):
     observed = ~tf.math.is_nan(y)
     y = tf.where(observed, y, tf.zeros_like(y))  # no NaN reaches arithmetic (or gradients)
     observed = observed | ~tf.reduce_any(observed, axis=-1, keepdims=True)  # empty: zeros
-    observed_int = tf.cast(observed, tf.int32)
-    first = tf.argmax(observed_int, axis=-1, output_type=tf.int32)[..., None]
-    last = (n - 1 - tf.argmax(tf.reverse(observed_int, [-1]), axis=-1,
+    observed_float = tf.cast(observed, tf.float32)  # ArgMax has GPU kernels for floats, not int32
+    first = tf.argmax(observed_float, axis=-1, output_type=tf.int32)[..., None]
+    last = (n - 1 - tf.argmax(tf.reverse(observed_float, [-1]), axis=-1,
                               output_type=tf.int32))[..., None]
     y = tf.where(position < first, tf.gather(y, first, batch_dims=2), y)
     y = tf.where(position > last, tf.gather(y, last, batch_dims=2), y)

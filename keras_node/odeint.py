@@ -135,14 +135,14 @@ def solve(func, y0, t, options, name=None, recording=None):
     check_callable(func)
     problem = _inputs.problem(y0, t, options)
     where = where_label("odeint", name)
-    jit = _jit_for_backprop(resolve_jit(options, func, problem, where), options, where, recording)
+    jit = jit_for_backprop(resolve_jit(options, func, problem, where), options, where, recording)
     core = functools.partial(integrate_problem, options=options)
     solution, t_reached = _execution.run(func, ("odeint", options.key()), core, problem, jit)
     ys = _status.guard(solution.ys, solution.status, t_reached, where, options.max_num_steps)
     return problem.pack(ys), stats_dict(solution)
 
 
-def _jit_for_backprop(jit, options, where, recording=None):
+def jit_for_backprop(jit, options, where, recording=None):
     """XLA for a solve that gradients may flow through.
 
     A gradient taken outside an XLA-compiled solver loop needs the loop's

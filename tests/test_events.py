@@ -141,34 +141,19 @@ def test_backward_in_time():
 
 # -- gradients against finite differences ------------------------------------
 
-def _event_of(y0, theta, gradient, t_max=None):
-    def func(t, y):
-        return tf.stack([y[1], -theta * tf.sin(y[0])])
-
-    return keras_node.odeint_event(func, y0, _f64(0.0), lambda t, y: y[0] - 0.25 * y[1] - 0.2,
-                                   direction=-1, gradient=gradient, variables=[theta], t_max=t_max,
-                                   rtol=1e-10, atol=1e-10, jit_compile=False)
-
-
 @pytest.mark.parametrize("gradient", ["adjoint", "backprop"])
-def test_gradients_match_finite_differences(gradient):
-    y0, theta = tf.Variable([1.2, 0.3], dtype=tf.float64), tf.Variable(1.7, dtype=tf.float64)
-    weights = _f64([0.7, -1.3])
-    with tf.GradientTape() as tape:
-        t_event, y_event = _event_of(y0, theta, gradient)
-        loss = t_event + tf.reduce_sum(weights * y_event)
-    got = tape.gradient(loss, [y0, theta])
-
-    def loss_at(y0_value, theta_value):
-        t, y = _event_of(_f64(y0_value), tf.Variable(theta_value, dtype=tf.float64), gradient)
-        return float(t + tf.reduce_sum(weights * y))
-
-    eps, start = 1e-5, np.array([1.2, 0.3])
-    fd_y0 = [(loss_at(start + eps * e, 1.7) - loss_at(start - eps * e, 1.7)) / (2 * eps)
-             for e in np.eye(2)]
-    fd_theta = (loss_at(start, 1.7 + eps) - loss_at(start, 1.7 - eps)) / (2 * eps)
-    np.testing.assert_allclose(got[0].numpy(), fd_y0, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(float(got[1]), fd_theta, rtol=1e-5)
+def test_without_an_event_the_gradient_flows_to_t_max(gradient):
+    t_max, t0 = tf.Variable(2.0, dtype=tf.float64), tf.Variable(0.5, dtype=tf.float64)
+    with tf.GradientTape(persistent=True) as tape:
+        t_event, y_event = keras_node.odeint_event(lambda t, y: -y, _f64([1.0]), t0,
+                                                   lambda t, y: y[0] - 0.01, t_max=t_max,
+                                                   gradient=gradient, **TIGHT)
+        y_end = y_event[0]
+    # y = exp(-(t - t0)) at t = t_max.
+    assert float(t_event) == 2.0
+    np.testing.assert_allclose([float(g) for g in tape.gradient(t_event, [t_max, t0])], [1.0, 0.0])
+    np.testing.assert_allclose([float(g) for g in tape.gradient(y_end, [t_max, t0])],
+                               [-np.exp(-1.5), np.exp(-1.5)], rtol=1e-7)
 
 
 def test_gradient_flows_to_t0_and_event_fn_variables():
@@ -181,6 +166,97 @@ def test_gradient_flows_to_t0_and_event_fn_variables():
     # y = exp(-(t - t0)) = level at t = t0 - ln(level).
     assert abs(float(t_event) - (0.3 - np.log(0.5))) < 1e-7
     np.testing.assert_allclose([float(d_level), float(d_t0)], [-1.0 / 0.5, 1.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("gradient", ["adjoint", "backprop"])
+def test_gradients_agree_across_regimes(gradient, regime):
+    y0, theta = tf.Variable([1.2, 0.3], dtype=tf.float64), tf.Variable(1.7, dtype=tf.float64)
+
+    def loss_and_grads():
+        with tf.GradientTape() as tape:
+            def func(t, y):
+                return tf.stack([y[1], -theta * tf.sin(y[0])])
+            t_event, y_event = keras_node.odeint_event(
+                func, y0, _f64(0.0), lambda t, y: y[0] - 0.25 * y[1] - 0.2, direction=-1,
+                gradient=gradient, variables=[theta], rtol=1e-10, atol=1e-10)
+            loss = t_event + tf.reduce_sum(_f64([0.7, -1.3]) * y_event)
+        return loss, tape.gradient(loss, [y0, theta])
+
+    # Against scipy's event and central differences of it.
+    loss, grads = in_regime(loss_and_grads, regime)()
+    reference_loss, reference_grads = _reference_event_loss_and_grads()
+    assert abs(float(loss) - reference_loss) < 1e-9
+    np.testing.assert_allclose(np.concatenate([grads[0].numpy(), [float(grads[1])]]),
+                               reference_grads, rtol=1e-5)
+
+
+def _reference_event_loss_and_grads():
+    """The same loss from scipy at tight tolerances, gradients by central
+    differences."""
+    def loss_at(y0, theta):
+        def event(t, y):
+            return y[0] - 0.25 * y[1] - 0.2
+        event.terminal, event.direction = True, -1
+        sol = scipy_integrate.solve_ivp(lambda t, y: [y[1], -theta * np.sin(y[0])], (0.0, 50.0),
+                                        y0, method="DOP853", rtol=1e-13, atol=1e-13,
+                                        events=event)
+        return sol.t_events[0][0] + 0.7 * sol.y_events[0][0][0] - 1.3 * sol.y_events[0][0][1]
+
+    start, eps = np.array([1.2, 0.3]), 1e-5
+    grads = [(loss_at(start + eps * e, 1.7) - loss_at(start - eps * e, 1.7)) / (2 * eps)
+             for e in np.eye(2)]
+    grads.append((loss_at(start, 1.7 + eps) - loss_at(start, 1.7 - eps)) / (2 * eps))
+    return loss_at(start, 1.7), np.array(grads)
+
+
+# -- one solve ------------------------------------------------------------------
+
+@pytest.mark.parametrize("gradient", ["adjoint", "backprop"])
+def test_the_state_comes_from_the_search_itself(gradient):
+    # Every batched evaluation of func is one of the search's (its nfe),
+    # plus one at the event for the time's gradient: no second solve.
+    calls = tf.Variable(0, dtype=tf.int64)
+
+    def counted(t, y):
+        calls.assign_add(1)
+        return _pendulum(t, y)
+
+    _, _, stats = keras_node.odeint_event(counted, _f64([1.5, 0.0]), 0.0, lambda t, y: y[0],
+                                          direction=-1, gradient=gradient, return_stats=True,
+                                          **TIGHT)
+    assert int(stats["nfe"]) > 50
+    assert int(calls) == int(stats["nfe"]) + 1
+
+
+def test_adjoint_reanchors_at_the_searchs_records(monkeypatch):
+    # The contractive MLP of test_adjoint_checkpoints, stopped by a time
+    # event at its horizon: the adjoint re-anchors at the states the search
+    # recorded, and is as accurate as the checkpointed odeint_adjoint
+    # (within 2x backprop's error); without records (K = 0) the backsolve
+    # is wrong by orders of magnitude.
+    from test_adjoint_checkpoints import (_H0, _T, _TOLS, _reference, _relative_error,
+                                          contractive_mlp)
+
+    def grad():
+        h0 = tf.identity(_H0)
+        with tf.GradientTape() as tape:
+            tape.watch(h0)
+            t_event, y_event = keras_node.odeint_event(
+                contractive_mlp, h0, _f64(0.0), lambda t, y: t - _T, direction=1,
+                jit_compile=False, **_TOLS)
+            loss = tf.reduce_sum(y_event ** 2)
+        assert abs(float(t_event) - _T) < 1e-12
+        return tape.gradient(loss, h0)
+
+    g_ref, bp_error = _reference()
+    recorded = _relative_error(grad(), g_ref)
+    default_options = keras_node.events.AdjointOptions
+    monkeypatch.setattr(keras_node.events, "AdjointOptions",
+                        lambda: default_options.of(adjoint_checkpoints=0))
+    unanchored = _relative_error(grad(), g_ref)
+    summary = f"backprop {bp_error:.2e}, records {recorded:.2e}, none {unanchored:.2e}"
+    assert recorded <= 2 * bp_error, summary
+    assert unanchored > 10 * recorded, summary
 
 
 # -- per-sample events ---------------------------------------------------------
@@ -203,6 +279,34 @@ def test_per_sample_events_match_separate_solves(regime):
     alone, _ = keras_node.odeint_event(lambda t, y: tf.stack([y[1], -9.8 + 0.0 * y[0]]), y0[1], 0.0,
                                        lambda t, y: y[0], direction=-1, **TIGHT)
     assert abs(float(alone) - float(t_event[1])) < 1e-12 * 2
+
+
+def test_per_sample_gradients_match_separate_solves():
+    # Each sample's event and state, and their gradients, as if solved alone.
+    theta = tf.Variable(1.3, dtype=tf.float64)
+    starts = _f64([[1.2, 0.3], [0.9, -0.2], [1.5, 0.0]])
+
+    def func(t, y):
+        return tf.stack([y[..., 1], -theta * tf.sin(y[..., 0])], axis=-1)
+
+    def event(t, y):
+        return y[..., 0] - 0.2
+
+    def loss_and_grads(y0, batch_axis):
+        with tf.GradientTape() as tape:
+            tape.watch(y0)
+            t_event, y_event = keras_node.odeint_event(
+                func, y0, _f64(0.0), event, direction=-1, variables=[theta],
+                batch_axis=batch_axis, rtol=1e-10, atol=1e-10, jit_compile=False)
+            loss = tf.reduce_sum(t_event) + tf.reduce_sum(y_event * _f64([0.7, -1.3]))
+        return loss, tape.gradient(loss, [y0, theta])
+
+    loss, (d_y0, d_theta) = loss_and_grads(starts, 0)
+    alone = [loss_and_grads(starts[b], None) for b in range(3)]
+    np.testing.assert_allclose(float(loss), sum(float(a[0]) for a in alone), rtol=1e-12)
+    np.testing.assert_allclose(d_y0.numpy(), np.stack([a[1][0].numpy() for a in alone]),
+                               rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(float(d_theta), sum(float(a[1][1]) for a in alone), rtol=1e-6)
 
 
 def test_per_sample_t_max_and_event_index():

@@ -100,8 +100,21 @@ def _attr_types(node, name):
     return [value.type]
 
 
+def _attr_string(node, name):
+    value = node.attr.get(name)
+    if value is None:  # left at its default
+        op_def = op_def_registry.get(node.op)
+        value = next((a.default_value for a in op_def.attr if a.name == name), None) if op_def else None
+    return None if value is None else value.s
+
+
 def _kernel_accepts(kernel_def, node):
     for constraint in kernel_def.constraint:
+        allowed_strings = list(constraint.allowed_values.list.s)
+        if allowed_strings:  # a string attribute (e.g. GatherNd's bad_indices_policy)
+            if _attr_string(node, constraint.name) not in allowed_strings:
+                return False
+            continue
         types = _attr_types(node, constraint.name)
         allowed = set(constraint.allowed_values.list.type)
         if types is None or any(t not in allowed for t in types):
@@ -157,6 +170,10 @@ def test_walker_finds_a_host_only_op_nested_in_loops_and_functions():
     string_concat = tf.function(lambda a, b: tf.strings.join([a, b])).get_concrete_function(
         tf.TensorSpec((), tf.string), tf.TensorSpec((), tf.string)).graph.as_graph_def()
     assert any(op == "StringJoin" for op, _ in nodes_without_gpu_kernel(string_concat))
+    # Kernels constrained on a string attribute (GatherNd's bad_indices_policy) are found.
+    gather = tf.function(tf.gather_nd).get_concrete_function(
+        tf.TensorSpec((3, 2), tf.float32), tf.TensorSpec((3, 2), tf.int32)).graph.as_graph_def()
+    assert nodes_without_gpu_kernel(gather) == set()
 
 
 # --- the training step ---------------------------------------------------------------
@@ -235,9 +252,8 @@ def test_every_op_of_a_rodas4_gradient_has_a_gpu_kernel(gradient):
     traced only (no solve runs). Backprop only (~7 s a case): its graph holds
     the forward step's ops and their derivatives; the adjoint case (the
     forward re-solve and interpolation: gathers, scatters) passed once,
-    add "adjoint" to rerun it. Joint steps only: per-sample backprop has
-    host-only ops of its own (ArgMax int32 in ODELayer, a GatherNd in the
-    TensorScatterUpdate gradient) whatever the method, outside this test."""
+    add "adjoint" to rerun it. Joint steps only: per-sample steps are
+    checked with dopri5 below."""
     keras.utils.set_random_seed(0)
     layer = keras_node.ODELayer(MLP(units=(8,)), method="rodas4", gradient=gradient,
                                 jit_compile=False)
@@ -252,4 +268,33 @@ def test_every_op_of_a_rodas4_gradient_has_a_gpu_kernel(gradient):
     graph_def = gradients.get_concrete_function(tf.TensorSpec((None, 3))).graph.as_graph_def()
     op_types = {node.op for node in walk(graph_def)[0]}
     assert "MatrixSolve" in op_types, sorted(op_types)
+    assert nodes_without_gpu_kernel(graph_def) == set()
+
+
+@pytest.mark.skipif(not tf.test.is_built_with_gpu_support(),
+                    reason="this TensorFlow build registers no GPU kernels to check against")
+@pytest.mark.parametrize("gradient", ["adjoint", "backprop"])
+def test_every_op_of_per_sample_and_event_gradients_has_a_gpu_kernel(gradient):
+    """Per-sample steps (`ODELayer(per_sample_steps=True)`) and a per-sample
+    `odeint_event`, with their gradients: traced only."""
+    keras.utils.set_random_seed(0)
+    layer = keras_node.ODELayer(MLP(units=(8,)), per_sample_steps=True, gradient=gradient,
+                                jit_compile=False)
+    layer.build((None, 3))
+    dynamics = layer.dynamics
+
+    @tf.function
+    def gradients(x):
+        with tf.GradientTape() as tape:
+            h = layer(x)
+            t_event, y_event = keras_node.odeint_event(
+                lambda t, y: dynamics(y), h, 0.0, lambda t, y: tf.reduce_mean(y ** 2, axis=1) - 0.1,
+                t_max=5.0, gradient=gradient, batch_axis=0, variables=dynamics.trainable_variables,
+                jit_compile=False)
+            loss = tf.reduce_sum(t_event) + tf.reduce_sum(y_event ** 2)
+        return tape.gradient(loss, layer.trainable_variables)
+
+    graph_def = gradients.get_concrete_function(tf.TensorSpec((None, 3))).graph.as_graph_def()
+    op_types = {node.op for node in walk(graph_def)[0]}
+    assert {"MatMul", "Tanh", "TensorScatterUpdate"} <= op_types, sorted(op_types)
     assert nodes_without_gpu_kernel(graph_def) == set()

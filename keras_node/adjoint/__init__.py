@@ -139,8 +139,12 @@ def odeint_adjoint(
 
 
 def solve_adjoint(func, y0, t, options, adjoint_options, *, variables=None, backward_stats=None,
-                  name=None):
-    """`odeint_adjoint` with validated options: returns `(ys, stats)`."""
+                  name=None, forward=(None, ())):
+    """`odeint_adjoint` with validated options: returns `(ys, stats)`.
+
+    `forward`: `(core, key)` to replace the forward pass (`_forward_core`'s
+    contract, called with this call's settings; `odeint_event`'s search),
+    `key` telling its compiled versions apart."""
     check_callable(func)
     explicit = _explicit_variables(func, variables)
     _stats.check_stats(backward_stats)
@@ -151,7 +155,7 @@ def solve_adjoint(func, y0, t, options, adjoint_options, *, variables=None, back
     _inputs.check_both_tolerances(rtol, atol, ("adjoint_rtol", "adjoint_atol"))
     where = where_label("odeint_adjoint", name)
     return _with_adjoint_gradient(func, AdjointProblem(problem, rtol, atol), _Settings(
-        options, backward_options, adjoint_options, where, explicit, backward_stats))
+        options, backward_options, adjoint_options, where, explicit, backward_stats, *forward))
 
 
 class _Settings(NamedTuple):
@@ -163,10 +167,12 @@ class _Settings(NamedTuple):
     where: str
     explicit: list  # variables= (or func.trainable_variables)
     stats: object  # backward_stats
+    forward_core: object = None  # a replacement of _forward_core (solve_adjoint's forward=)
+    forward_key: tuple = ()
 
     def key(self, part, variables=()):
         return (f"odeint_adjoint {part}", self.options.key(), self.backward_options.key(),
-                self.adjoint_options.key(), self.where, id(self.stats),
+                self.adjoint_options.key(), self.where, id(self.stats), self.forward_key,
                 tuple(id(v) for v in self.explicit + list(variables)))
 
 
@@ -183,7 +189,7 @@ def _with_adjoint_gradient(func, adjoint_problem, settings):
     """
     problem = adjoint_problem.forward
     jit = resolve_jit(settings.options, func, problem, settings.where)
-    forward_core = functools.partial(_forward_core, settings=settings)
+    forward_core = functools.partial(settings.forward_core or _forward_core, settings=settings)
     forward_key = settings.key("forward")
     arg_variables = []
     if tf.executing_eagerly():

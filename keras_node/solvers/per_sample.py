@@ -132,17 +132,18 @@ def initial_state(func, y0, t_out, num_out, controls, initial_status):
 def _adaptive_step(s, active, func, t_out, num_out, controls):
     """Every active sample attempts a step of its own size; the accepted
     ones move on and write the outputs their step passed."""
-    new, accept, value_at = attempt(s, active, func, controls, t_out[:, -1])
-    out_index, ys = _write_outputs(s.ys, s.out_index, t_out, num_out, new.t, value_at, accept)
+    new, accept, step = attempt(s, active, func, controls, t_out[:, -1])
+    out_index, ys = _write_outputs(s.ys, s.out_index, t_out, num_out, new.t,
+                                   lambda times: dense_value(step, times), accept)
     return new._replace(out_index=out_index, ys=ys)
 
 
 def attempt(s, active, func, controls, t_end):
     """Every active sample attempts a step of its own size from `s`.
 
-    Returns `(new, accept, value_at)`: the state after the attempt (outputs
-    untouched), the (batch,) accepted mask, and `value_at(times)`, the
-    attempted step's dense output at per-sample times inside it.
+    Returns `(new, accept, step)`: the state after the attempt (outputs
+    untouched), the (batch,) accepted mask, and the attempted step as
+    `(start, dt, polynomial)` per sample, for `dense_value`.
     A step size that underflows before `t_end` ((batch,)) fails the sample.
     """
     tableau = controls.tableau
@@ -172,9 +173,6 @@ def attempt(s, active, func, controls, t_end):
     status = tf.where(underflow & tf.equal(status, _status.SUCCESS), cause, status)
     polynomial = interpolation.fit(s.y, y1, s.f, f1, dt, k, tableau.c_mid)
 
-    def value_at(times):
-        return interpolation.evaluate(polynomial, tf.math.divide_no_nan(times - s.t, dt))
-
     accepted, attempted = tf.cast(accept, tf.int32), tf.cast(active, tf.int32)
     new = s._replace(
         t=t_new, y=_nest.where(accept, y1, s.y), f=_nest.where(accept, f_next, s.f), dt=dt_new,
@@ -183,7 +181,14 @@ def attempt(s, active, func, controls, t_end):
         num_steps=s.num_steps + accepted, num_rejected=s.num_rejected + attempted - accepted,
         status=status,
     )
-    return new, accept, value_at
+    return new, accept, (s.t, dt, polynomial)
+
+
+def dense_value(step, times):
+    """The dense output of `step` (`(start, dt, polynomial)` per sample, as
+    `attempt` returns it) at per-sample `times` inside it."""
+    start, dt, polynomial = step
+    return interpolation.evaluate(polynomial, tf.math.divide_no_nan(times - start, dt))
 
 
 def _fixed_step(s, active, func, t_out, num_out, controls):
