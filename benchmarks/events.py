@@ -5,9 +5,10 @@ rtol=1e-5, atol=1e-7) runs until the mean square of its state crosses the
 value it has at T = 1 (found by a plain solve first). One step: the event
 search, then the gradient of `t_event + sum(y_event**2)` with respect to y0
 and the weights, with the adjoint and with backprop. Prints the median ms
-per step (keras_node in a `tf.function`, default `jit_compile="auto"`;
-torchdiffeq eager, 1 thread), the event time, the search's NFE and every
-evaluation of the field during the step (a counter in the field).
+per step (keras_node in a `tf.function`, default `jit_compile="auto"`, and
+the whole step under XLA; torchdiffeq eager, 1 thread), the event time,
+the search's NFE and every evaluation of the field during the step (a
+counter in the field).
 
 Usage (repository root): python benchmarks/events.py [--repeats 50]
 """
@@ -20,6 +21,7 @@ import time
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -49,9 +51,25 @@ def _level(problem):
     return float(tf.reduce_mean(ys[-1] ** 2))
 
 
+class BenchField(keras.layers.Layer):
+    """The bench MLP's field as a Keras layer (its variables are the
+    layer's, so a whole-step XLA compile can checkpoint the search loop)."""
+
+    def __init__(self, problem):
+        super().__init__()
+        self.field_params = {
+            k: self.add_weight(shape=v.shape, initializer=keras.initializers.Constant(v), name=k)
+            for k, v in problem.params_as("float32").items()}
+        self.problem = problem
+
+    def call(self, t, y):
+        return peers.tf_field(self.problem, self.field_params)(t, y)
+
+
 def keras_node_rows(problem, level, repeats):
-    params = [tf.Variable(v) for v in problem.params_as("float32").values()]
-    inner = peers.tf_field(problem, dict(zip(problem.params, params)))
+    layer = BenchField(problem)
+    params = list(layer.field_params.values())
+    inner = layer
     calls = tf.Variable(0, dtype=tf.int64)
 
     def counted(t, y):  # for the count only: a stateful op keeps "auto" off XLA
@@ -61,8 +79,8 @@ def keras_node_rows(problem, level, repeats):
     def crossing(t, y):
         return tf.reduce_mean(y ** 2) - level
 
-    def step_of(func, gradient):
-        @tf.function(autograph=False)
+    def step_of(func, gradient, jit_compile=None):
+        @tf.function(autograph=False, jit_compile=jit_compile)
         def step(y0):
             with tf.GradientTape() as tape:
                 tape.watch(y0)
@@ -82,6 +100,11 @@ def keras_node_rows(problem, level, repeats):
         step_of(counted, gradient)(y0)
         rows.append(("keras_node", gradient, ms, float(t_event), int(nfe), int(calls.numpy())))
         calls.assign(0)
+    for gradient in ("adjoint", "backprop"):
+        step = step_of(inner, gradient, jit_compile=True)
+        ms = _median_ms(lambda: step(y0), repeats)
+        t_event, nfe, _ = step(y0)
+        rows.append(("keras_node, whole step XLA", gradient, ms, float(t_event), int(nfe), None))
     return rows
 
 
@@ -143,6 +166,7 @@ def main():
                                                                           args.repeats)
     for library, gradient, ms, t_event, nfe, calls in rows:
         nfe = "-" if nfe is None else nfe
+        calls = "-" if calls is None else calls
         print(f"| {library} | {gradient} | {ms:.1f} | {t_event:.5f} | {nfe} | {calls} |")
 
 
