@@ -154,6 +154,8 @@ def _normalized_event_fn(event_fn, structure, sign, per_sample):
 
 
 def as_event_matrix(g, first_leaf, per_sample):
+    """`event_fn`'s result `g` as `(k,)` (a joint problem) or `(batch, k)`
+    (per sample); a clear error for any other shape."""
     rank = g.shape.rank
     batch = first_leaf.shape[0] if per_sample else None
     ok_rank = rank in ((1, 2) if per_sample else (0, 1))

@@ -76,8 +76,9 @@ def _ode_model(method, dynamics, **layer_options):
     return keras.Sequential([inputs, keras_node.ODELayer(block, **solver, **layer_options)])
 
 
-@pytest.mark.parametrize("method", ["dopri5", "rk4"])
-@pytest.mark.parametrize("dynamics", ["mlp", "conv"])
+# Two of the four method x dynamics pairs (CI time): the adaptive loop with
+# the MLP, the fixed-step loop with convolutions.
+@pytest.mark.parametrize("method, dynamics", [("dopri5", "mlp"), ("rk4", "conv")])
 def test_exported_ode_layer_converts_to_tflite_builtins(method, dynamics, tmp_path):
     """`model.export` -> TFLiteConverter.from_saved_model, builtin ops only;
     one converted model serves batch sizes 1 and 7 like `predict`."""
@@ -114,7 +115,7 @@ def test_for_converters_changes_only_graphs_traced_inside():
     assert _xla_functions(model, spec)
 
 
-@pytest.mark.parametrize("method, dynamics", [("dopri5", "mlp"), ("rk4", "mlp"), ("rk4", "conv")])
+@pytest.mark.parametrize("method, dynamics", [("dopri5", "mlp"), ("rk4", "conv")])
 def test_exported_ode_layer_converts_to_onnx(method, dynamics, tmp_path):
     """SavedModel exported inside `for_converters()` -> tf2onnx ->
     onnxruntime, batch dimension dynamic, default layer settings."""
@@ -152,7 +153,7 @@ def test_keras_export_format_onnx(jit_compile, tmp_path):
         np.testing.assert_allclose(session.run(None, {name: x})[0], model.predict(x, verbose=0), atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+@pytest.mark.parametrize("method", ["dopri5"])  # rk4: test_exported_ode_layer_converts_to_tflite_builtins
 def test_keras_export_format_litert(method, tmp_path):
     """Keras' own `model.export(path, format="litert")` (TensorFlow's
     converter, no extra package) with default layer settings: builtin ops
