@@ -46,8 +46,13 @@ def add(records, due, num_steps, t, y):
     """Record `(t, y)` for the samples where `due` ((batch,) bool: an
     accepted step to keep) and `num_steps` (accepted steps so far) is a
     multiple of the sample's stride; then thin the full ones."""
-    slots = records.tau.shape[1]
     write = due & tf.equal(tf.math.floormod(num_steps, records.stride), 0)
+    # Most steps record nothing: skip the buffer updates (copies, outside XLA).
+    return tf.cond(tf.reduce_any(write), lambda: _written(records, write, t, y), lambda: records)
+
+
+def _written(records, write, t, y):
+    slots = records.tau.shape[1]
     rows = tf.range(tf.shape(t)[0])
     slot = tf.minimum(records.count, slots - 1)
     indices = tf.stack([rows, slot], axis=1)
