@@ -16,31 +16,19 @@ Usage (repository root): python benchmarks/events.py [--repeats 50]
 import argparse
 import os
 import sys
-import time
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_node  # noqa: E402
 from benchmarks import peers  # noqa: E402
+from benchmarks.per_sample import median_ms  # noqa: E402
 from benchmarks.problems import field, get_problem  # noqa: E402
 
 TOLERANCES = dict(rtol=1e-5, atol=1e-7)
-
-
-def _median_ms(fn, repeats):
-    for _ in range(3):
-        fn()
-    durations = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        durations.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(durations))
 
 
 def _level(problem):
@@ -95,14 +83,14 @@ def keras_node_rows(problem, level, repeats):
     y0 = tf.constant(problem.y0_as("float32"))
     for gradient in ("adjoint", "backprop"):
         step = step_of(inner, gradient)
-        ms = _median_ms(lambda: step(y0), repeats)
+        ms = median_ms(lambda: step(y0), repeats)
         t_event, nfe, _ = step(y0)
         step_of(counted, gradient)(y0)
         rows.append(("keras_node", gradient, ms, float(t_event), int(nfe), int(calls.numpy())))
         calls.assign(0)
     for gradient in ("adjoint", "backprop"):
         step = step_of(inner, gradient, jit_compile=True)
-        ms = _median_ms(lambda: step(y0), repeats)
+        ms = median_ms(lambda: step(y0), repeats)
         t_event, nfe, _ = step(y0)
         rows.append(("keras_node, whole step XLA", gradient, ms, float(t_event), int(nfe), None))
     return rows
@@ -145,7 +133,7 @@ def torchdiffeq_rows(problem, level, repeats):
             loss.backward()
             return float(t_event.detach())
 
-        ms = _median_ms(step, repeats)
+        ms = median_ms(step, repeats)
         calls[0] = 0
         t_event = step()
         rows.append(("torchdiffeq", gradient, ms, t_event, None, calls[0]))

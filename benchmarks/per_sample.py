@@ -27,7 +27,8 @@ from benchmarks import peers  # noqa: E402
 from benchmarks.problems import get_problem  # noqa: E402
 
 
-def _median_ms(fn, repeats):
+def median_ms(fn, repeats):
+    """Median milliseconds of `fn()` over `repeats` calls, after a warm-up."""
     fn()
     for _ in range(max(20, repeats // 5)):
         fn()
@@ -61,7 +62,7 @@ def mlp_rows(repeats):
                                               batch_axis=batch_axis, return_stats=True)
                 return ys, stats["nfe"]
 
-            milliseconds = _median_ms(lambda: solve(y0)[0].numpy(), repeats)
+            milliseconds = median_ms(lambda: solve(y0)[0].numpy(), repeats)
             result.append((milliseconds, int(solve(y0)[1])))
         rows.append((name, result[0][0], result[1][0], result[0][1], result[1][1]))
     return rows
@@ -139,7 +140,7 @@ def backward_rows(repeats):
             grads, nfe = fn()
             error = max(float(tf.reduce_max(tf.abs(g - r)) / tf.reduce_max(tf.abs(r)))
                         for g, r in zip(grads, reference))
-            result.append((label, _median_ms(lambda: fn()[1].numpy(), repeats), int(nfe), error))
+            result.append((label, median_ms(lambda: fn()[1].numpy(), repeats), int(nfe), error))
         rows.append((name, result))
     return rows
 
