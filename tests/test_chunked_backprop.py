@@ -6,7 +6,9 @@ Checked: the chunked gradient equals the plain graph's backprop gradient
 (float64, so both take the same steps) and central differences of the
 solve; the chunked path is the one taken for Keras-layer dynamics, across
 several chunks, with output times in different chunks, for adaptive and
-fixed-step methods, joint and per-sample (`batch_axis=0`) solves, in `ODELayer` under `model.compile(jit_compile=True)`;
+fixed-step methods, joint and per-sample (`batch_axis=0`) solves, the
+event search of `odeint_event`, in `ODELayer` under
+`model.compile(jit_compile=True)`;
 dynamics reading a variable that is not a Keras variable keep the plain
 loop and get the same gradient.
 """
@@ -160,6 +162,33 @@ def test_ode_layer_trains_with_backprop_under_a_whole_step_xla_compile(chunk_cal
     assert chunk_calls  # the whole step compiled with XLA took the chunked loop
     assert np.all(np.isfinite(history["loss"])) and history["loss"][-1] < history["loss"][0]
     assert any(not np.allclose(b, w.numpy()) for b, w in zip(before, layer.trainable_weights))
+
+
+def test_event_search_is_chunked_too(chunk_calls):
+    # odeint_event(gradient="backprop") differentiates its search loop: under
+    # a whole-step XLA compile it is chunked like odeint's, with the same
+    # gradient as in a plain graph.
+    field = _field()
+
+    def run(jit):
+        def step():
+            with tf.GradientTape() as tape:
+                tape.watch(Y0)
+                t_event, y_event = keras_node.odeint_event(
+                    field, Y0, tf.constant(0.0, tf.float64),
+                    lambda t, y: tf.reduce_mean(y ** 2) - 1.5, gradient="backprop",
+                    t_max=3.0, jit_compile=jit, **SOLVERS["dopri5"])
+                loss = t_event + tf.reduce_sum(tf.sin(y_event))
+            return [t_event, loss] + tape.gradient(loss, [Y0] + field.trainable_variables)
+        return [x.numpy() for x in tf.function(step, jit_compile=jit)()]
+
+    expected = run(False)
+    assert not chunk_calls
+    assert 1.4 < expected[0] < 1.5  # the event fires at step 12: three chunks of 5
+    got = run(True)
+    assert chunk_calls == [100]
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
 def test_chunk_size_balances_chunks_and_attempts():
