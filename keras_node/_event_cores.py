@@ -7,12 +7,8 @@ A joint solve is searched as a batch of one (the per-sample loop of
 """
 
 import tensorflow as tf
-# Private, as in odeint.py: whether a tape may differentiate the search
-# (then XLA needs its loop checkpointed).
-from tensorflow.python.eager import record
 
 from keras_node import _inputs
-from keras_node import _status
 from keras_node.adjoint import checkpoints
 from keras_node.adjoint.forward import Anchors
 from keras_node.odeint import direction_and_tau, to_user_time
@@ -42,10 +38,7 @@ def _search(func, problem, settings, record_slots=0, compile_root_search=False):
     else:  # a joint solve is a batch of one
         func, event_fn = _batch_of_one(func), _batch_of_one(event_fn)
         leaves, tau = tuple(y[None] for y in leaves), tau[None]
-    if _status.in_xla_context() and record.could_possibly_record():
-        # XLA may differentiate the loop: chunk it if it can (recompute.py).
-        controls = controls._replace(variables=recompute.chunkable_variables(
-            owner, func, tau[:, 0], leaves))
+    controls = controls._replace(variables=recompute.loop_variables(owner, func, tau[:, 0], leaves))
     found = event_search.search(func, event_fn, leaves, tau, controls, settings.direction,
                                 initial_status, record_slots=record_slots,
                                 record_stride=checkpoints.STEPS_PER_ANCHOR,
@@ -80,8 +73,6 @@ def adjoint_forward_core(func, problem, settings, event):
     core, with the adjoint's `settings`): outputs `[y0, y_event]` per leaf,
     the anchors (t0, the recorded states, the event), the stats (with the
     event time, index and time reached) and the time reached."""
-    for variable in settings.explicit:
-        tf.convert_to_tensor(variable)  # a read, as in the adjoint's own forward core
     slots = settings.adjoint_options.adjoint_checkpoints
     found, sign, tau = _search(func, problem, event, record_slots=slots)
     joint = settings.options.batch_axis != 0

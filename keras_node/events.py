@@ -104,9 +104,11 @@ def odeint_event(
         ys, stats = solve_adjoint(func, y0, grid, options, AdjointOptions(), variables=variables,
                                   name=settings.where,
                                   forward=(forward_core, settings.key()))
-        y_event = [y[-1] for y in tf.nest.flatten(ys)]
+        y_event = [y[-1] for y in tf.nest.flatten(ys)]  # guarded by the adjoint already
         t_found, index = stats.pop("event_t"), stats.pop("event_index")
-        t_reached, structure = stats.pop("t_reached"), ys
+        t_found, = _status.guard([t_found], stats["status"], stats.pop("t_reached"),
+                                 settings.where, options.max_num_steps, sample_axis=0)
+        structure = ys
     else:
         problem = _inputs.problem(y0, grid, options)
         xla_works = resolve_jit(options, func, problem, settings.where)
@@ -116,10 +118,10 @@ def odeint_event(
                                  compile_root_search=bool(xla_works) and not jit)
         t_found, index, stats, t_reached, y_event = _execution.run(func, settings.key(), core,
                                                                    problem, jit)
+        t_found, *y_event = _status.guard([t_found] + y_event, stats["status"], t_reached,
+                                          settings.where, options.max_num_steps, sample_axis=0)
         y_event = [tf.cast(y, problem.dtype) for y in y_event]
         structure = problem.y0
-    t_found, *y_event = _status.guard([t_found] + y_event, stats["status"], t_reached,
-                                      settings.where, options.max_num_steps, sample_axis=0)
     t_event, y_event = _with_time_terms(func, t_found, y_event, index, t_max, structure, settings)
     stats["event_index"] = index
     return (t_event, y_event, stats) if return_stats else (t_event, y_event)

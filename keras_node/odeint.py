@@ -181,10 +181,8 @@ def integrate_problem(func, problem, options, tau_out=None, record_steps=None):
     tau = tau if tau_out is None else tau_out
     if options.batch_axis == 0 and tau.shape.rank == 1:  # one grid for every sample
         tau = tf.broadcast_to(tau, tf.concat([tf.shape(problem.leaves[0])[:1], tf.shape(tau)], 0))
-    if _status.in_xla_context() and record.could_possibly_record():
-        # XLA may differentiate the loop: chunk it if it can (recompute.py).
-        controls = controls._replace(variables=recompute.chunkable_variables(
-            owner, func, tau[..., 0], problem.leaves))
+    controls = controls._replace(variables=recompute.loop_variables(
+        owner, func, tau[..., 0], problem.leaves))
     if options.batch_axis == 0:
         solution = integrate_per_sample(func, problem.leaves, tau, controls,
                                         initial_status=initial_status)

@@ -189,7 +189,13 @@ def _with_adjoint_gradient(func, adjoint_problem, settings):
     """
     problem = adjoint_problem.forward
     jit = resolve_jit(settings.options, func, problem, settings.where)
-    forward_core = functools.partial(settings.forward_core or _forward_core, settings=settings)
+    core = settings.forward_core or _forward_core
+
+    def forward_core(func, problem):
+        for variable in settings.explicit:
+            tf.convert_to_tensor(variable)  # a read: see above
+        return core(func, problem, settings=settings)
+
     forward_key = settings.key("forward")
     arg_variables = []
     if tf.executing_eagerly():
@@ -231,8 +237,6 @@ def _with_adjoint_gradient(func, adjoint_problem, settings):
 def _forward_core(func, problem, settings):
     """Forward pass (a core of `_execution.run`): the outputs per leaf, the
     anchors (carrying no gradient), the stats and the time reached."""
-    for variable in settings.explicit:
-        tf.convert_to_tensor(variable)  # a read: see _with_adjoint_gradient
     outputs, anchors, solution, t_reached = forward_pass(
         func, problem, settings.options, settings.adjoint_options.adjoint_checkpoints)
     # The adjoint's gradient is not itself differentiable (no second order):

@@ -32,6 +32,10 @@ import math
 
 import keras
 import tensorflow as tf
+# Private, as in odeint.py: whether a tape may differentiate the loop.
+from tensorflow.python.eager import record
+
+from keras_node import _status
 
 
 def chunk_size(max_num_steps):
@@ -62,11 +66,19 @@ def chunkable_variables(user_func, func, t0, y0):
     return None if tape.watched_variables() else variables
 
 
+def loop_variables(user_func, func, t0, y0):
+    """The `variables` for `solver_loop` (`integrate.Controls.variables`):
+    `chunkable_variables` while tracing for XLA with a tape that may
+    differentiate the loop, else None (the plain loop)."""
+    if _status.in_xla_context() and record.could_possibly_record():
+        return chunkable_variables(user_func, func, t0, y0)
+    return None
+
+
 def solver_loop(keep_going, body, state, max_num_steps, variables=None):
     """The solver's `tf.while_loop` over up to `max_num_steps` iterations:
-    checkpointed (`checkpointed_loop`) when `variables` is given, which
-    `odeint.integrate_problem` does only when XLA may differentiate the loop
-    (`integrate.Controls.variables`), else plain. Returns the final state."""
+    checkpointed (`checkpointed_loop`) when `variables` is given (callers
+    take them from `loop_variables`), else plain. Returns the final state."""
     if variables is not None:
         return checkpointed_loop(keep_going, body, state, max_num_steps, variables)
     return tf.while_loop(keep_going, body, (state,), maximum_iterations=max_num_steps)[0]
