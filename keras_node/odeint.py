@@ -14,6 +14,7 @@ import tensorflow as tf
 # across that boundary through a loop).
 from tensorflow.python.eager import record
 
+from keras_node import _backprop
 from keras_node import _execution
 from keras_node import _inputs
 from keras_node import _status
@@ -70,10 +71,14 @@ def odeint(
             `"auto"` (default: when every op of `func` has an XLA kernel,
             else without XLA and a one-time warning; convolutional dynamics
             without a GPU run without XLA, whose CPU convolutions are slow).
-            While a gradient tape records, `"auto"` leaves `odeint`'s loop
-            uncompiled (gradients cannot cross an XLA boundary through its
-            loop). Inside a function that is already XLA-compiled this
-            changes nothing.
+            While a gradient tape records, the forward solve keeps the
+            state before each attempted step and the gradient replays the
+            attempts backward, each half one XLA function (memory bounded
+            by `max_num_steps`, not by every step's intermediates), also
+            inside a whole-step XLA compile. Per-sample (`batch_axis=0`)
+            and `rodas4` solves are not replayed: there `"auto"` leaves the
+            loop uncompiled while a tape records (gradients cannot cross
+            an XLA boundary through a loop), and `True` is an error.
         name: optional name of the solve, used in error messages.
         batch_axis: `None` (default): one step size for the whole state.
             `0`: axis 0 of every leaf is a batch of independent problems,
@@ -135,19 +140,35 @@ def solve(func, y0, t, options, name=None, recording=None):
     check_callable(func)
     problem = _inputs.problem(y0, t, options)
     where = where_label("odeint", name)
-    jit = jit_for_backprop(resolve_jit(options, func, problem, where), options, where, recording)
-    core = functools.partial(integrate_problem, options=options)
-    solution, t_reached = _execution.run(func, ("odeint", options.key()), core, problem, jit)
-    ys = _status.guard(solution.ys, solution.status, t_reached, where, options.max_num_steps)
-    return problem.pack(ys), stats_dict(solution)
+    jit = resolve_jit(options, func, problem, where)
+    if replays_gradient(jit, options, problem, recording):
+        ys, stats, t_reached = _backprop.solve(func, problem, options, where, jit)
+    else:
+        jit = jit_for_backprop(jit, options, where, recording)
+        core = functools.partial(integrate_problem, options=options)
+        solution, t_reached = _execution.run(func, ("odeint", options.key()), core, problem, jit)
+        ys, stats = solution.ys, stats_dict(solution)
+    ys = _status.guard(ys, stats["status"], t_reached, where, options.max_num_steps)
+    return problem.pack(ys), stats
+
+
+def replays_gradient(jit, options, problem, recording=None):
+    """Whether a solve's gradient is `_backprop`'s replay: when its loop is
+    XLA-compiled by itself (not inside a larger XLA compile) while a tape
+    may differentiate it from outside, and the replay covers the solve."""
+    if recording is None:
+        recording = record.could_possibly_record()
+    return ((bool(jit) or _status.in_xla_context()) and recording
+            and _backprop.eligible(options, problem))
 
 
 def jit_for_backprop(jit, options, where, recording=None):
-    """XLA for a solve that gradients may flow through.
+    """XLA for a solve that gradients flow through by TensorFlow's own loop
+    gradient (solves `replays_gradient` does not cover).
 
     A gradient taken outside an XLA-compiled solver loop needs the loop's
     intermediate TensorLists to leave XLA, which TensorFlow does not
-    support. So while a gradient tape records, `"auto"` runs the loop
+    support. So while a gradient tape records, `"auto"` runs such a loop
     without XLA (use `odeint_adjoint`, or compile the whole training step
     with `jit_compile=True`), and `True` is an error.
     """
@@ -158,7 +179,8 @@ def jit_for_backprop(jit, options, where, recording=None):
     if options.jit_compile is True:
         raise ValueError(
             f"{where}: jit_compile=True cannot be combined with gradients through the "
-            "solver taken outside the compiled function. Use odeint_adjoint, compile the "
+            "solver taken outside the compiled function for per-sample (batch_axis=0) or "
+            "rodas4 solves. Use odeint_adjoint, compile the "
             "whole training step with jit_compile=True, or pass jit_compile=\"auto\"."
         )
     return False
@@ -170,13 +192,7 @@ def integrate_problem(func, problem, options, tau_out=None, record_steps=None):
     (increasing solver times) replaces the output times when given;
     `record_steps` is passed to `integrate`."""
     direction, tau, initial_status = direction_and_tau(problem)
-    controls = Controls(
-        tableau=options.tableau, rtol=problem.rtol, atol=problem.atol,
-        max_num_steps=options.max_num_steps, first_step=problem.first_step,
-        step_size=problem.step_size, max_step=problem.max_step,
-        stops=stops.in_solver_time(problem.step_times, problem.jump_times, direction),
-        norm_leaves=options.norm_leaves,
-    )
+    controls = solver_controls(problem, options, direction)
     owner, func = func, _inputs.normalized_func(func, problem.y0, direction)
     tau = tau if tau_out is None else tau_out
     if options.batch_axis == 0 and tau.shape.rank == 1:  # one grid for every sample
@@ -190,6 +206,17 @@ def integrate_problem(func, problem, options, tau_out=None, record_steps=None):
         solution = integrate(func, problem.leaves, tau, controls, initial_status=initial_status,
                              record_steps=record_steps)
     return solution, to_user_time(solution.t_reached, direction)
+
+
+def solver_controls(problem, options, direction):
+    """The `Controls` of `problem`'s forward solve."""
+    return Controls(
+        tableau=options.tableau, rtol=problem.rtol, atol=problem.atol,
+        max_num_steps=options.max_num_steps, first_step=problem.first_step,
+        step_size=problem.step_size, max_step=problem.max_step,
+        stops=stops.in_solver_time(problem.step_times, problem.jump_times, direction),
+        norm_leaves=options.norm_leaves,
+    )
 
 
 def direction_and_tau(problem):

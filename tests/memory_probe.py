@@ -7,7 +7,9 @@ allocations are invisible to `tracemalloc`, so each measurement needs its own
 process.
 
 Protocol, for `--gradient adjoint` (keras_node.odeint_adjoint) or
-`--gradient backprop` (keras_node.odeint, differentiating through the steps):
+`--gradient backprop` (keras_node.odeint, differentiating through the steps;
+with `--jit-compile false` TensorFlow's own gradient of the uncompiled loop,
+else the replay of keras_node/solvers/replay.py):
 
 1. Build the problem and run forward + backward once over a tiny horizon
    (`--warmup-horizon`): this traces and compiles everything (the horizon is
@@ -97,6 +99,9 @@ def main(argv=None):
     parser.add_argument("--atol", type=float, default=1e-8)
     parser.add_argument("--checkpoints", type=int, default=None,
                         help="adjoint_checkpoints (default: keras_node's default)")
+    parser.add_argument("--jit-compile", choices=("auto", "false"), default="auto",
+                        help="the solver's jit_compile (\"false\": backprop differentiates the "
+                             "uncompiled loop, whose memory grows with the steps)")
     parser.add_argument("--warmup-horizon", type=float, default=0.05)
     parser.add_argument("--horizons", type=float, nargs="+", default=[2.0, 20.0])
     args = parser.parse_args(argv)
@@ -107,7 +112,8 @@ def main(argv=None):
     import keras_node
 
     func, y0, variables = _problem(args.problem, args.batch, tf, np)
-    options = {"rtol": args.rtol, "atol": args.atol}
+    options = {"rtol": args.rtol, "atol": args.atol,
+               "jit_compile": "auto" if args.jit_compile == "auto" else False}
     if args.gradient == "adjoint":
         solve = keras_node.odeint_adjoint
         if args.checkpoints is not None:

@@ -211,7 +211,10 @@ _PROBE_ARGS = ["--problem", "oscillator", "--batch", "4096", "--rtol", "1e-6", "
 
 def _start_probe(gradient):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    return subprocess.Popen([sys.executable, _PROBE, "--gradient", gradient] + _PROBE_ARGS,
+    # The backprop control differentiates the uncompiled loop (memory grows
+    # with every step; the compiled solve's replay does not, RESULTS.md §15).
+    extra = ["--jit-compile", "false"] if gradient == "backprop" else []
+    return subprocess.Popen([sys.executable, _PROBE, "--gradient", gradient] + _PROBE_ARGS + extra,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             cwd=os.path.dirname(HERE))
 

@@ -254,19 +254,8 @@ def test_every_op_of_a_rodas4_gradient_has_a_gpu_kernel(gradient):
     forward re-solve and interpolation: gathers, scatters) passed once,
     add "adjoint" to rerun it. Joint steps only: per-sample steps are
     checked with dopri5 below."""
-    keras.utils.set_random_seed(0)
-    layer = keras_node.ODELayer(MLP(units=(8,)), method="rodas4", gradient=gradient,
-                                jit_compile=False)
-    layer.build((None, 3))
-
-    @tf.function
-    def gradients(x):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(layer(x) ** 2)
-        return tape.gradient(loss, layer.trainable_variables)
-
-    graph_def = gradients.get_concrete_function(tf.TensorSpec((None, 3))).graph.as_graph_def()
-    op_types = {node.op for node in walk(graph_def)[0]}
+    graph_def, op_types = _layer_gradient_graph(method="rodas4", gradient=gradient,
+                                                jit_compile=False)
     assert "MatrixSolve" in op_types, sorted(op_types)
     assert nodes_without_gpu_kernel(graph_def) == set()
 
@@ -298,3 +287,32 @@ def test_every_op_of_per_sample_and_event_gradients_has_a_gpu_kernel(gradient):
     op_types = {node.op for node in walk(graph_def)[0]}
     assert {"MatMul", "Tanh", "TensorScatterUpdate"} <= op_types, sorted(op_types)
     assert nodes_without_gpu_kernel(graph_def) == set()
+
+
+@pytest.mark.skipif(not tf.test.is_built_with_gpu_support(),
+                    reason="this TensorFlow build registers no GPU kernels to check against")
+def test_every_op_of_a_replayed_backprop_has_a_gpu_kernel():
+    """Backprop with an XLA-compiled solve replays its attempts
+    (keras_node/solvers/replay.py): the forward's state records and the
+    backward loop of per-attempt gradients. Traced only."""
+    graph_def, op_types = _layer_gradient_graph(gradient="backprop", jit_compile=True)
+    # The backward loop differentiates the attempt: MatMul's and Tanh's gradients.
+    assert {"MatMul", "TanhGrad", "TensorScatterUpdate"} <= op_types, sorted(op_types)
+    assert nodes_without_gpu_kernel(graph_def) == set()
+
+
+def _layer_gradient_graph(**layer_options):
+    """`(graph_def, op types)` of the traced gradient of an `ODELayer(MLP)`
+    with `layer_options` (nothing runs)."""
+    keras.utils.set_random_seed(0)
+    layer = keras_node.ODELayer(MLP(units=(8,)), **layer_options)
+    layer.build((None, 3))
+
+    @tf.function
+    def gradients(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(x) ** 2)
+        return tape.gradient(loss, layer.trainable_variables)
+
+    graph_def = gradients.get_concrete_function(tf.TensorSpec((None, 3))).graph.as_graph_def()
+    return graph_def, {node.op for node in walk(graph_def)[0]}

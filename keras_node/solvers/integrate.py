@@ -141,40 +141,76 @@ def integrate(func, y0, t_out, controls, *, f0=None, initial_status=None, record
         A `Solution`.
     """
     y0 = tuple(y0)
+    parts = loop_parts(func, t_out, controls, f0=f0, initial_status=initial_status,
+                       record_steps=record_steps, carried_outputs=controls.variables is not None,
+                       inner_loop=None)
+    final = recompute.solver_loop(parts.keep_going, parts.body, parts.initial(y0),
+                                  controls.max_num_steps, controls.variables)
+    return solution_of(final, parts.num_out)
+
+
+class LoopParts(NamedTuple):
+    """The pieces of one solver loop (`loop_parts`): `initial(y0)` builds the
+    loop state before the first step, and `tf.while_loop(keep_going, body,
+    (initial(y0),), maximum_iterations=max_num_steps)` is the solve."""
+
+    initial: object
+    keep_going: object
+    body: object
+    num_out: object
+
+
+def loop_parts(func, t_out, controls, *, f0=None, initial_status=None, record_steps=None,
+               carried_outputs=False, inner_loop=None):
+    """The `LoopParts` of `integrate`'s loop (arguments as there;
+    `carried_outputs` as for `loop_bodies.output_buffers`). `inner_loop`:
+    None lets `loop_bodies.attempts_in_inner_loop` choose the layout, False
+    attempts one step per iteration (what `replay.py` needs)."""
     tableau = controls.tableau
     if controls.norm_leaves is None:
-        controls = controls._replace(norm_leaves=tuple(range(len(y0))))
+        controls = controls._replace(norm_leaves=tuple(range(len(controls.rtol))))
     num_out = _static_or_dynamic_length(t_out)
     dense = _needs_dense_output(controls, num_out)
-    chunked = controls.variables is not None  # see `Controls.variables`
-    inner_loop = tableau.adaptive and loop_bodies.attempts_in_inner_loop(y0)
-    state = _initial_state(func, y0, t_out, num_out, controls, f0, initial_status, record_steps,
-                           carried_outputs=chunked)
-    if dense and inner_loop:
-        state = state._replace(last_step=(state.t, tf.zeros_like(state.t),
-                                          interpolation.constant(y0, tableau.c_mid is not None)))
+
+    def initial(y0):
+        y0 = tuple(y0)
+        state = _initial_state(func, y0, t_out, num_out, controls, f0, initial_status,
+                               record_steps, carried_outputs=carried_outputs)
+        if dense and use_inner_loop(y0):
+            state = state._replace(last_step=(state.t, tf.zeros_like(state.t),
+                                              interpolation.constant(y0, tableau.c_mid is not None)))
+        return state
+
+    layout = []  # decided once, by the first state seen
+
+    def use_inner_loop(y0):
+        if not layout:
+            layout.append(inner_loop is not False and tableau.adaptive
+                          and loop_bodies.attempts_in_inner_loop(y0))
+        return layout[0]
 
     def keep_going(s):
         return ((s.out_index < num_out) & tf.equal(s.status, _status.SUCCESS)
                 & (s.num_steps + s.num_rejected < controls.max_num_steps))
 
-    if tableau.adaptive:
+    def body(s):
+        if not tableau.adaptive:
+            return (loop_bodies.fixed_step(s, func, t_out, num_out, tableau, controls.step_size,
+                                           record_steps),)
         t_end = tf.gather(t_out, num_out - 1)
 
         def attempt(s):
             return loop_bodies.attempt_step(s, func, t_end, controls, dense)
 
-        if inner_loop:
-            body = loop_bodies.steps_then_outputs(attempt, keep_going, t_out, num_out)
-        else:
-            body = loop_bodies.step_and_outputs(attempt, t_out, num_out)
-    else:
-        def body(s):
-            return (loop_bodies.fixed_step(s, func, t_out, num_out, tableau, controls.step_size,
-                                           record_steps),)
+        if use_inner_loop(s.y):
+            return loop_bodies.steps_then_outputs(attempt, keep_going, t_out, num_out)(s)
+        return loop_bodies.step_and_outputs(attempt, t_out, num_out)(s)
 
-    final = recompute.solver_loop(keep_going, body, state, controls.max_num_steps,
-                                  controls.variables)
+    return LoopParts(initial, keep_going, body, num_out)
+
+
+def solution_of(final, num_out):
+    """The `Solution` of the loop's final state."""
     unfinished = (final.out_index < num_out) & tf.equal(final.status, _status.SUCCESS)
     recorded_t, recorded_y = None, ()
     if final.records:

@@ -4,8 +4,9 @@ XLA differentiates a bounded `tf.while_loop` by stacking every intermediate
 its gradient needs for all `maximum_iterations` iterations, taken or not:
 for the solver loop, `max_num_steps` copies of each stage of the state
 (5.4 GB for the 256 x 16 benchmark MLP, benchmarks/RESULTS.md 2a). So when
-XLA may differentiate the loop, the solver loop (`integrate`, and the
-per-sample loop of `per_sample.py`) runs its first `chunk_size`
+XLA may differentiate the loop, the solver loops that `replay.py` does not
+cover (`integrate` for rodas4, the per-sample loop of `per_sample.py`,
+`odeint_event`'s search) run their first `chunk_size`
 (about sqrt(max_num_steps) / 2) attempts as a plain loop, whose
 intermediates XLA keeps, and the rest as an outer loop over chunks of that
 many attempts, each under a custom gradient that keeps only its input
