@@ -65,15 +65,17 @@ def _gradients(func, variables, solver, jit, where):
     return [x.numpy() for x in step()]
 
 
-# Each method once, each place once (every case compiles for seconds).
-@pytest.mark.parametrize("method, where", [("dopri5", "eager"), ("tsit5", "xla"),
-                                           ("rk4", "function")])
-def test_replayed_gradient_equals_plain_backprop(method, where, replays):
+# Each method once, each place once (every case compiles for seconds). The
+# eager case passes jit_compile=True with the tape outside, which raised
+# before the replay (a gradient cannot reach into an XLA loop).
+@pytest.mark.parametrize("method, where, jit", [("dopri5", "eager", True), ("tsit5", "xla", "auto"),
+                                                ("rk4", "function", "auto")])
+def test_replayed_gradient_equals_plain_backprop(method, where, jit, replays):
     # max_num_steps=100: chunks of 5 attempts; the solves take 25-60.
     field = built_field()
     expected = _gradients(field, field.trainable_variables, SOLVERS[method], False, "function")
     assert not replays  # jit_compile=False in a graph keeps TensorFlow's own loop gradient
-    got = _gradients(field, field.trainable_variables, SOLVERS[method], "auto", where)
+    got = _gradients(field, field.trainable_variables, SOLVERS[method], jit, where)
     assert replays == [100]
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
@@ -147,16 +149,6 @@ def test_dynamics_reading_a_plain_tf_variable_under_a_whole_step_compile(replays
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
-def test_jit_compile_true_with_a_tape_outside(replays):
-    # Before the replay this raised: a gradient cannot reach into an XLA loop.
-    field = built_field()
-    expected = _gradients(field, field.trainable_variables, SOLVERS["dopri5"], False, "eager")
-    got = _gradients(field, field.trainable_variables, SOLVERS["dopri5"], True, "eager")
-    assert replays == [100]
-    for a, b in zip(got, expected):
-        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
-
-
 def test_jit_compile_true_with_a_tape_outside_and_no_replay_is_an_error():
     # Per-sample solves are not replayed: a gradient from outside the
     # compiled solve is still impossible, and named.
@@ -166,17 +158,18 @@ def test_jit_compile_true_with_a_tape_outside_and_no_replay_is_an_error():
                    True, "eager")
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
-def test_ode_layer_trains_with_backprop(jit_compile, replays):
+def test_ode_layer_trains_with_backprop(replays):
+    # Keras' default compile; under model.compile(jit_compile=True) the
+    # replay runs inline (test_ode_layer.py::test_fit_with_jit_compile).
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(64, 2)).astype("float32")
     y = np.sin(x[:, :1]).astype("float32")
     layer = keras_node.ODELayer(keras_node.dynamics.MLP(units=(16,)), gradient="backprop")
     model = keras.Sequential([keras.Input((2,)), layer, keras.layers.Dense(1)])
-    model.compile(keras.optimizers.Adam(0.05), "mse", jit_compile=jit_compile)
+    model.compile(keras.optimizers.Adam(0.05), "mse", jit_compile=False)
     before = [w.numpy().copy() for w in layer.trainable_weights]
     history = model.fit(x, y, epochs=4, batch_size=32, verbose=0).history
-    assert replays  # the training step replayed the solve (XLA forward either way)
+    assert replays  # the training step replayed the solve (its forward under XLA)
     assert np.all(np.isfinite(history["loss"])) and history["loss"][-1] < history["loss"][0]
     assert any(not np.allclose(b, w.numpy()) for b, w in zip(before, layer.trainable_weights))

@@ -10,8 +10,8 @@ state, derivative, step size, counters: the output buffers are left out,
 since the body only writes into them and its gradient does not depend on
 their values), and the backward pass is a loop that runs each attempt
 again under a tape and takes its vector-Jacobian product. Both are plain
-forward loops, so each can be one XLA function: the gradient costs one
-extra evaluation of each attempt, as diffrax's checkpointed backprop does.
+forward loops, so each can be one XLA function; the price is one extra
+evaluation of each attempt.
 
 Memory is bounded by `max_num_steps`, not the attempts' intermediates:
 the forward keeps the states before the first `chunk` attempts
@@ -186,7 +186,7 @@ def _float_positions(state):
 def _output_positions(state):
     """Indices of the output buffers among the flattened loop state's leaves."""
     marked = state._replace(ys=tuple(_Marker() for _ in state.ys))
-    flat = tf.nest.flatten(marked, expand_composites=False)
+    flat = tf.nest.flatten(marked)
     return [i for i, x in enumerate(flat) if isinstance(x, _Marker)]
 
 
