@@ -154,8 +154,9 @@ def solve(func, y0, t, options, name=None, recording=None):
 
 def replays_gradient(jit, options, problem, recording=None):
     """Whether a solve's gradient is `_backprop`'s replay: when its loop is
-    XLA-compiled by itself (not inside a larger XLA compile) while a tape
-    may differentiate it from outside, and the replay covers the solve."""
+    XLA-compiled (as a function of its own, or inline in a larger XLA
+    compile) while a tape may differentiate it, and the replay covers the
+    solve."""
     if recording is None:
         recording = record.could_possibly_record()
     return ((bool(jit) or _status.in_xla_context()) and recording
