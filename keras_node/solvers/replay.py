@@ -107,24 +107,15 @@ def backward(parts, y0, residuals, output_cotangents, sources, max_num_steps):
     loop reads (output times, the dynamics' variables) that get gradients;
     `parts` must be built from the same tensors as `forward`'s."""
     size = recompute.chunk_size(max_num_steps)
-    y0 = tuple(y0)
-    sources = list(sources)
+    y0, sources = tuple(y0), list(sources)
     template = parts.initial(y0)
     zero_outputs = tuple(tf.zeros_like(b) for b in template.ys)
     floats = _float_positions(template)
 
-    def vjp(state, cotangent):
-        """The cotangent before one attempt, and its sources' gradients."""
+    def attempt_vjp(state, cotangent):
         leaves = [tf.identity(x) for x in tf.nest.flatten(state)]
-        watched = [leaves[i] for i in floats]
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(watched)
-            tape.watch(sources)
-            new = parts.body(tf.nest.pack_sequence_as(state, leaves))[0]
-        out = [tf.nest.flatten(new)[i] for i in floats]
-        grads = tape.gradient(out, watched + sources, output_gradients=cotangent,
-                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return grads[:len(watched)], grads[len(watched):]
+        return _vjp(lambda: parts.body(tf.nest.pack_sequence_as(state, leaves))[0],
+                    [leaves[i] for i in floats], sources, floats, cotangent)
 
     def stack_of(k):
         """Chunk k's states before each attempt, and how many: kept by the
@@ -134,16 +125,13 @@ def backward(parts, y0, residuals, output_cotangents, sources, max_num_steps):
                                             size)
             return stack, count
 
-        def kept():
-            return residuals.first, tf.minimum(residuals.attempts, size)
-
-        return tf.cond(k > 0, again, kept)
+        return tf.cond(k > 0, again, lambda: (residuals.first, tf.minimum(residuals.attempts, size)))
 
     def chunk_back(k, cotangent, totals):
         stack, count = stack_of(k)
 
         def one(i, cotangent, totals):
-            cotangent, grads = vjp(_take(stack, i, zero_outputs), cotangent)
+            cotangent, grads = attempt_vjp(_take(stack, i, zero_outputs), cotangent)
             return i - 1, cotangent, [a + _dense(g) for a, g in zip(totals, grads)]
 
         _, cotangent, totals = tf.while_loop(lambda i, c, g: i >= 0, one,
@@ -151,27 +139,40 @@ def backward(parts, y0, residuals, output_cotangents, sources, max_num_steps):
                                              maximum_iterations=size)
         return k - 1, cotangent, totals
 
-    flat_template = tf.nest.flatten(template)
-    cotangent = [tf.zeros_like(flat_template[i]) for i in floats]
-    output_slots = _output_positions(template)
-    for slot, value in zip(output_slots, output_cotangents):
-        cotangent[floats.index(slot)] = tf.cast(value, flat_template[slot].dtype)
-    totals = [tf.zeros_like(_dense(tf.convert_to_tensor(s))) for s in sources]
+    totals = [tf.zeros_like(tf.convert_to_tensor(s)) for s in sources]
     chunks_taken = tf.maximum(-(-residuals.attempts // size), 1)
     _, cotangent, totals = tf.while_loop(
-        lambda k, c, g: k >= 0, chunk_back, (chunks_taken - 1, cotangent, totals),
+        lambda k, c, g: k >= 0, chunk_back,
+        (chunks_taken - 1, _final_cotangent(template, floats, output_cotangents), totals),
         maximum_iterations=-(-max_num_steps // size))
-
     # Through the state before the first attempt (f0, first step size).
+    grads_y0, grads = _vjp(lambda: parts.initial(y0), list(y0), sources, floats, cotangent)
+    return grads_y0, [a + _dense(g) for a, g in zip(totals, grads)]
+
+
+def _vjp(function, inputs, sources, floats, cotangent):
+    """`(gradients of inputs, gradients of sources)` of the floating leaves
+    (`floats`: their positions) of the loop state `function()` returns, for
+    their `cotangent`."""
     with tf.GradientTape(watch_accessed_variables=False) as tape:
-        tape.watch(y0)
+        tape.watch(inputs)
         tape.watch(sources)
-        start = parts.initial(y0)
-    out = [tf.nest.flatten(start)[i] for i in floats]
-    grads = tape.gradient(out, list(y0) + sources, output_gradients=cotangent,
+        flat = tf.nest.flatten(function())
+    grads = tape.gradient([flat[i] for i in floats], list(inputs) + sources,
+                          output_gradients=cotangent,
                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    grads_y0 = grads[:len(y0)]
-    return grads_y0, [a + _dense(g) for a, g in zip(totals, grads[len(y0):])]
+    return grads[:len(inputs)], grads[len(inputs):]
+
+
+def _final_cotangent(template, floats, output_cotangents):
+    """The cotangent of the final loop state's floating leaves: the outputs'
+    cotangents on the output buffers, zero elsewhere."""
+    flat = tf.nest.flatten(template)
+    cotangent = [tf.zeros_like(flat[i]) for i in floats]
+    buffers = [i for i, x in enumerate(flat) if any(x is b for b in template.ys)]
+    for slot, value in zip(buffers, output_cotangents):
+        cotangent[floats.index(slot)] = tf.cast(value, flat[slot].dtype)
+    return cotangent
 
 
 def _dense(gradient):
@@ -181,14 +182,3 @@ def _dense(gradient):
 def _float_positions(state):
     """Indices of the floating leaves of the flattened loop state."""
     return [i for i, x in enumerate(tf.nest.flatten(state)) if x.dtype.is_floating]
-
-
-def _output_positions(state):
-    """Indices of the output buffers among the flattened loop state's leaves."""
-    marked = state._replace(ys=tuple(_Marker() for _ in state.ys))
-    flat = tf.nest.flatten(marked)
-    return [i for i, x in enumerate(flat) if isinstance(x, _Marker)]
-
-
-class _Marker:
-    """Stands for an output buffer in `_output_positions`."""
